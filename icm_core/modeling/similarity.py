@@ -1,0 +1,112 @@
+"""Inter- and intra-similarity as pure tensor functions (paper §3.3-3.4).
+
+Token grids are always in raster order: token ``p = y * r + x`` of an ``r x r`` grid.
+"""
+
+from __future__ import annotations
+
+import math
+
+import torch
+import torch.nn.functional as F
+
+# Guidance is computed for at most this many reference tokens at once, so memory stays bounded for
+# contexts built from several references (K can reach a few thousand).
+_TOKEN_CHUNK = 1024
+
+
+def pool_token_mask(mask: torch.Tensor, grid: int) -> torch.Tensor:
+    """Official reference-token selection: binarise at > 0.5, then *min*-pool to ``grid x grid``.
+
+    A token is selected only if its whole block (``S/grid`` pixels square) is foreground.
+
+    Args:
+        mask: ``[S, S]`` float in [0, 1] (S divisible by ``grid``).
+        grid: token grid side (48 at 768 px).
+
+    Returns:
+        ``[grid, grid]`` bool token mask.
+    """
+    if mask.ndim != 2 or mask.shape[0] != mask.shape[1] or mask.shape[0] % grid != 0:
+        raise ValueError(
+            f"pool_token_mask expects a square [S, S] mask with S divisible by {grid}, got shape "
+            f"{tuple(mask.shape)}."
+        )
+    block = mask.shape[0] // grid
+    binary = (mask > 0.5).to(torch.float32)[None, None]
+    pooled = -F.max_pool2d(-binary, kernel_size=block, stride=block)
+    return pooled[0, 0] > 0.5
+
+
+def select_reference_tokens(feature: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
+    """Columns of a reference feature map where the token mask is set, in raster order.
+
+    Args:
+        feature: ``[C, r, r]`` reference feature (SD ``up_blocks[1]`` output, ensemble mean).
+        token_mask: ``[r, r]`` bool.
+
+    Returns:
+        ``[K, C]`` reference tokens, K = number of set cells.
+    """
+    if feature.ndim != 3 or tuple(feature.shape[1:]) != tuple(token_mask.shape):
+        raise ValueError(
+            f"select_reference_tokens expects feature [C, r, r] and token_mask [r, r] on the same grid, got "
+            f"{tuple(feature.shape)} and {tuple(token_mask.shape)}."
+        )
+    channels = feature.shape[0]
+    return feature.reshape(channels, -1)[:, token_mask.reshape(-1).to(feature.device)].T.contiguous()
+
+
+def guidance_map(
+    reference_tokens: torch.Tensor, target_features: torch.Tensor, token_norm: torch.nn.LayerNorm
+) -> torch.Tensor:
+    """Inter-similarity: where each reference token's content lies in each target.
+
+    For every reference token p a softmax over all target positions q of
+    ``<LN(ref_p), LN(target_q)> / sqrt(C)``; the K maps are summed.
+
+    Args:
+        reference_tokens: ``[K, C]`` (K >= 1).
+        target_features: ``[B, C, r, r]``.
+        token_norm: LayerNorm over the C channels, shared by both sides.
+
+    Returns:
+        ``[B, 1, r, r]`` guidance map; each image's map sums to K.
+    """
+    batch, channels, height, width = target_features.shape
+    if reference_tokens.ndim != 2 or reference_tokens.shape[1] != channels:
+        raise ValueError(
+            f"reference tokens must be [K, {channels}] to match the target features, got "
+            f"{tuple(reference_tokens.shape)}."
+        )
+    queries = token_norm(reference_tokens.to(target_features.dtype))
+    keys = token_norm(target_features.flatten(2).transpose(1, 2))  # [B, r*r, C]
+    scale = 1.0 / math.sqrt(channels)
+    total = target_features.new_zeros(batch, height * width)
+    for start in range(0, queries.shape[0], _TOKEN_CHUNK):
+        chunk = queries[start : start + _TOKEN_CHUNK]
+        logits = torch.einsum("kc,bqc->bkq", chunk, keys) * scale
+        total = total + logits.float().softmax(dim=-1).sum(dim=1).to(total.dtype)
+    return total.reshape(batch, 1, height, width)
+
+
+def guided_attention_volume(guidance: torch.Tensor, attention: torch.Tensor) -> torch.Tensor:
+    """Intra-similarity input: self-attention weights scaled by the guidance at each key token.
+
+    ``V[b, qy, qx, k] = g[b, k] * A[b, qy, qx, k]`` where g is the guidance map resized to the attention grid
+    (bilinear, ``align_corners=True``, as the official model does).
+
+    Args:
+        guidance: ``[B, 1, R, R]`` guidance map.
+        attention: ``[B, r, r, r*r]`` head/ensemble/layer-averaged self-attention (query grid, key token).
+
+    Returns:
+        ``[B, r, r, r*r]``.
+    """
+    batch, side, side_w, tokens = attention.shape
+    if side != side_w or tokens != side * side or guidance.shape[0] != batch:
+        raise ValueError(
+            f"attention must be [B, r, r, r*r] with B = {guidance.shape[0]}, got {tuple(attention.shape)}."
+        )
+    resized = F.interpolate(guidance, size=(side, side), mode="bilinear", align_corners=True)
+    return attention * resized.reshape(batch, 1, 1, tokens).to(attention.dtype)
