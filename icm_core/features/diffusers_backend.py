@@ -1,0 +1,192 @@
+"""Feature backend for a diffusers ``UNet2DConditionModel`` + ``AutoencoderKL`` (standalone use, CLI, tests).
+
+Attention is recorded by attention processors set per layer path (the sites table), features by forward hooks
+on ``up_blocks[0]`` / ``up_blocks[1]``; the forward stops right after the last site it needs. The UNet's own
+processors are restored afterwards, so a shared UNet is left as it was.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+from collections.abc import Iterator
+
+import torch
+from torch import nn
+
+from ..types import UNetFeatures
+from .attention import DEFAULT_CHUNK_BYTES, AttentionAccumulator, chunked_attention_with_probabilities
+from .noise import LatentDistribution, scaled_linear_alphas_cumprod
+from .sites import ATTENTION_SITES, FEATURE_SITES, LAST_SITE_FEATURES_ONLY, LAST_SITE_WITH_ATTENTION
+
+
+class _StopForward(Exception):
+    """Raised by a hook once every needed output is recorded; ends the UNet forward early."""
+
+
+class RecordingAttnProcessor:
+    """Self-attention processor that computes the output and records head-averaged probabilities."""
+
+    def __init__(self, level: str, accumulator: AttentionAccumulator, chunk_bytes: int) -> None:
+        self.level = level
+        self.accumulator = accumulator
+        self.chunk_bytes = chunk_bytes
+
+    def __call__(
+        self,
+        attn: nn.Module,
+        hidden_states: torch.Tensor,
+        encoder_hidden_states: torch.Tensor | None = None,
+        attention_mask: torch.Tensor | None = None,
+        temb: torch.Tensor | None = None,
+        **kwargs: object,
+    ) -> torch.Tensor:
+        unsupported = encoder_hidden_states is not None or attention_mask is not None or hidden_states.ndim != 3
+        unsupported = unsupported or any(
+            getattr(attn, name, None) is not None for name in ("group_norm", "spatial_norm", "norm_q", "norm_k")
+        )
+        if unsupported:
+            raise ValueError(
+                "attention recording expects a plain SD 2.x self-attention layer (attn1: no mask, no context, "
+                "no extra norms); this UNet's layer differs. Use an SD 2.x UNet."
+            )
+        batch, tokens, _ = hidden_states.shape
+        query, key, value = attn.to_q(hidden_states), attn.to_k(hidden_states), attn.to_v(hidden_states)
+        heads = attn.heads
+        head_dim = query.shape[-1] // heads
+
+        def split(x: torch.Tensor) -> torch.Tensor:
+            return x.view(batch, tokens, heads, head_dim).transpose(1, 2)
+
+        output, probabilities = chunked_attention_with_probabilities(
+            split(query), split(key), split(value), attn.scale, self.chunk_bytes
+        )
+        self.accumulator.add(self.level, probabilities)
+        output = output.transpose(1, 2).reshape(batch, tokens, heads * head_dim)
+        output = attn.to_out[1](attn.to_out[0](output))
+        if attn.residual_connection:
+            output = output + hidden_states
+        return output / attn.rescale_output_factor
+
+
+class DiffusersFeatureBackend:
+    """:class:`~icm_core.features.backend.FeatureBackend` over diffusers modules.
+
+    Args:
+        unet: SD 2.x ``UNet2DConditionModel`` (frozen).
+        vae: ``AutoencoderKL`` (frozen).
+        empty_prompt_embedding: ``[1, 77, D]`` text embedding of the empty prompt.
+        alphas_cumprod: ``[1000]`` noise schedule; SD's ``scaled_linear`` by default.
+        attention_chunk_bytes: bound on the attention score buffer of one query chunk.
+    """
+
+    def __init__(
+        self,
+        unet: nn.Module,
+        vae: nn.Module,
+        empty_prompt_embedding: torch.Tensor,
+        alphas_cumprod: torch.Tensor | None = None,
+        attention_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+    ) -> None:
+        self.unet = unet.eval().requires_grad_(False)
+        self.vae = vae.eval().requires_grad_(False)
+        parameter = next(unet.parameters())
+        self.device = parameter.device
+        self.dtype = parameter.dtype
+        self.prompt = empty_prompt_embedding.to(self.device, self.dtype)
+        self.alphas_cumprod = scaled_linear_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
+        self.attention_chunk_bytes = attention_chunk_bytes
+        self.feature_channels = int(unet.get_submodule(FEATURE_SITES[-1].diffusers_path).resnets[-1].out_channels)
+        cross_dim = unet.config.cross_attention_dim
+        if self.prompt.ndim != 3 or self.prompt.shape[-1] != cross_dim:
+            raise ValueError(
+                f"empty-prompt embedding must be [1, 77, {cross_dim}] for this UNet, got {tuple(self.prompt.shape)}"
+            )
+
+    def latent_distribution(self, images: torch.Tensor) -> LatentDistribution:
+        vae_dtype = next(self.vae.parameters()).dtype
+        posterior = self.vae.encode(images.to(self.device, vae_dtype)).latent_dist
+        scale = float(self.vae.config.scaling_factor)
+        return LatentDistribution(mean=posterior.mean.float() * scale, std=posterior.std.float() * scale)
+
+    def alpha_bar(self, timestep: int) -> float:
+        return float(self.alphas_cumprod[timestep])
+
+    def unet_features(
+        self, noisy_latents: torch.Tensor, timestep: int, ensemble_size: int, record_attention: bool
+    ) -> UNetFeatures:
+        rows = noisy_latents.shape[0]
+        if rows % ensemble_size:
+            raise ValueError(f"{rows} latent rows is not a multiple of the ensemble size {ensemble_size}")
+        images = rows // ensemble_size
+        accumulator = AttentionAccumulator(images, ensemble_size)
+        outputs: dict[str, torch.Tensor] = {}
+        with self._recording(accumulator, outputs, record_attention):
+            try:
+                self.unet(
+                    noisy_latents.to(self.device, self.dtype),
+                    torch.tensor(timestep, device=self.device),
+                    encoder_hidden_states=self.prompt.expand(rows, -1, -1),
+                )
+            except _StopForward:
+                pass
+            else:
+                raise RuntimeError("the UNet forward finished without reaching its last recording site")
+
+        def ensemble_mean(level: str) -> torch.Tensor:
+            value = outputs[level]
+            return value.view(images, ensemble_size, *value.shape[1:]).mean(dim=1)
+
+        maps = accumulator.maps() if record_attention else {}
+        return UNetFeatures(
+            low=ensemble_mean("low"),
+            high=ensemble_mean("high"),
+            attention_low=maps.get("low"),
+            attention_high=maps.get("high"),
+        )
+
+    @contextlib.contextmanager
+    def _recording(
+        self, accumulator: AttentionAccumulator, outputs: dict[str, torch.Tensor], record_attention: bool
+    ) -> Iterator[None]:
+        handles = []
+        saved_processors = {}
+
+        def capture(level: str, stop: bool):
+            def hook(_module: nn.Module, _inputs: object, output: torch.Tensor) -> None:
+                outputs[level] = output
+                if stop:
+                    raise _StopForward
+
+            return hook
+
+        def stop_hook(_module: nn.Module, _inputs: object, _output: object) -> None:
+            raise _StopForward
+
+        try:
+            for site in FEATURE_SITES:
+                stop = not record_attention and site == LAST_SITE_FEATURES_ONLY
+                module = self.unet.get_submodule(site.diffusers_path)
+                handles.append(module.register_forward_hook(capture(site.level, stop)))
+            if record_attention:
+                for site in ATTENTION_SITES:
+                    module = self.unet.get_submodule(site.diffusers_path)
+                    saved_processors[site.diffusers_path] = module.processor
+                    module.set_processor(
+                        RecordingAttnProcessor(site.level, accumulator, self.attention_chunk_bytes)
+                    )
+                last = self.unet.get_submodule(LAST_SITE_WITH_ATTENTION.diffusers_path)
+                handles.append(last.register_forward_hook(stop_hook))
+            yield
+        finally:
+            for handle in handles:
+                handle.remove()
+            for path, processor in saved_processors.items():
+                self.unet.get_submodule(path).set_processor(processor)
+
+    def fingerprint(self) -> str:
+        digest = hashlib.sha256(repr(sorted(dict(self.unet.config).items())).encode())
+        for path in ("conv_in.weight", FEATURE_SITES[-1].diffusers_path + ".resnets.0.conv1.weight"):
+            tensor = self.unet.get_parameter(path).detach().flatten()[:4096].float().cpu()
+            digest.update(tensor.numpy().tobytes())
+        return digest.hexdigest()[:16]

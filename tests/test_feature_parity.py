@@ -1,0 +1,83 @@
+"""Feature-extractor parity with the official pipeline on the tiny golden (golden/README.md §3)."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+from icm_core.features.diffusers_backend import DiffusersFeatureBackend
+from icm_core.features.noise import add_noise, scaled_linear_alphas_cumprod
+from icm_core.features.sites import sites_at
+
+
+class _NoVAE(torch.nn.Module):
+    """The golden stores noisy latents directly; the VAE is never called in these tests."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.weight = torch.nn.Parameter(torch.zeros(1))
+
+
+@pytest.fixture(scope="module")
+def backend(golden, golden_meta):
+    from diffusers import UNet2DConditionModel
+
+    unet = UNet2DConditionModel.from_config(golden_meta["unet_config"])
+    unet.load_state_dict({k[len("unet.") :]: v for k, v in golden.items() if k.startswith("unet.")}, strict=True)
+    return DiffusersFeatureBackend(unet, _NoVAE(), golden["prompt_embeds"])
+
+
+def test_schedule_matches(golden):
+    ours = scaled_linear_alphas_cumprod()
+    assert torch.equal(ours, golden["sched.alphas_cumprod"])
+    assert float(ours[200].sqrt()) == pytest.approx(float(golden["sched.sqrt_alpha_prod_t"][0]), abs=1e-7)
+
+
+def test_add_noise_matches(golden):
+    schedule = scaled_linear_alphas_cumprod()
+    noisy = add_noise(golden["addnoise.clean"], golden["addnoise.noise"], golden["addnoise.timesteps"], schedule)
+    torch.testing.assert_close(noisy, golden["addnoise.noisy"], atol=1e-6, rtol=0)
+    for prefix, ensemble in (("ref", 2), ("tgt", 2)):
+        clean = golden[f"{prefix}_clean_latents"].repeat_interleave(ensemble, dim=0)
+        steps = torch.full((clean.shape[0],), 200, dtype=torch.int64)
+        noisy = add_noise(clean, golden[f"{prefix}_noise"], steps, schedule)
+        torch.testing.assert_close(noisy, golden[f"{prefix}_noisy_latents"], atol=1e-6, rtol=0)
+
+
+def test_reference_features_match(golden, backend):
+    features = backend.unet_features(golden["ref_noisy_latents"], 200, ensemble_size=2, record_attention=False)
+    torch.testing.assert_close(features.high, golden["ref_feature"], atol=1e-4, rtol=0)
+    assert features.attention_high is None
+
+
+def test_target_features_and_attention_match(golden, backend):
+    features = backend.unet_features(golden["tgt_noisy_latents"], 200, ensemble_size=2, record_attention=True)
+    torch.testing.assert_close(features.low, golden["tgt_ft_matting_24"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(features.high, golden["tgt_ft_matting_48"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(features.high, golden["tgt_ft_cor"], atol=1e-4, rtol=0)
+    torch.testing.assert_close(features.attention_low, golden["tgt_attn_24"], atol=1e-5, rtol=0)
+    torch.testing.assert_close(features.attention_high, golden["tgt_attn_48"], atol=1e-5, rtol=0)
+
+
+def test_attention_chunking_does_not_change_maps(golden, backend):
+    small = DiffusersFeatureBackend(backend.unet, backend.vae, golden["prompt_embeds"], attention_chunk_bytes=1)
+    features = small.unet_features(golden["tgt_noisy_latents"], 200, ensemble_size=2, record_attention=True)
+    torch.testing.assert_close(features.attention_high, golden["tgt_attn_48"], atol=1e-5, rtol=0)
+
+
+def test_site_table_matches_golden_layers(golden_meta):
+    pipeline = golden_meta["pipeline"]
+    assert [s.diffusers_path for s in sites_at("low")] == pipeline["attention_layers_24"]
+    assert [s.diffusers_path for s in sites_at("high")] == pipeline["attention_layers_48"]
+
+
+def test_unet_processors_restored_and_forward_stopped_early(golden, backend):
+    before = {name: type(p) for name, p in backend.unet.attn_processors.items()}
+    calls = []
+    handle = backend.unet.up_blocks[3].register_forward_hook(lambda *a: calls.append(1))
+    try:
+        backend.unet_features(golden["tgt_noisy_latents"], 200, ensemble_size=2, record_attention=True)
+    finally:
+        handle.remove()
+    assert calls == []  # up_blocks[3] never runs
+    assert {name: type(p) for name, p in backend.unet.attn_processors.items()} == before
