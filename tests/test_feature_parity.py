@@ -81,3 +81,21 @@ def test_unet_processors_restored_and_forward_stopped_early(golden, backend):
         handle.remove()
     assert calls == []  # up_blocks[3] never runs
     assert {name: type(p) for name, p in backend.unet.attn_processors.items()} == before
+
+
+def test_end_to_end_alpha_matches(golden, backend):
+    """Stored noisy latents -> our features -> our decoder -> alpha (golden/README.md §3, atol 2e-4)."""
+    from icm_core.modeling.decoder import InContextDecoder
+    from icm_core.modeling.key_table import infer_decoder_config, our_key
+    from icm_core.modeling.similarity import pool_token_mask, select_reference_tokens
+
+    official = {k: v for k, v in golden.items() if k.startswith("in_context_decoder.")}
+    decoder = InContextDecoder(infer_decoder_config(official))
+    decoder.load_state_dict({our_key(k): v for k, v in official.items()}, strict=True)
+    reference = backend.unet_features(golden["ref_noisy_latents"], 200, ensemble_size=2, record_attention=False)
+    targets = backend.unet_features(golden["tgt_noisy_latents"], 200, ensemble_size=2, record_attention=True)
+    tokens = select_reference_tokens(reference.high[0], pool_token_mask(golden["ref_mask"][0, 0], 8))
+    with torch.no_grad():
+        output = decoder(tokens, targets, golden["tgt_images"])
+    torch.testing.assert_close(output.alpha, golden["alpha"], atol=2e-4, rtol=0)
+    torch.testing.assert_close(output.guidance_map, golden["guidance_map"], atol=1e-5, rtol=0)

@@ -1,0 +1,218 @@
+"""Encode a reference once, matte any number of targets.
+
+>>> engine = IconMatting(backend, decoder)                       # doctest: +SKIP
+>>> context = engine.encode_reference(reference_image, reference_mask)
+>>> alphas = engine.matte(context, target_images)                # list of [H, W] tensors in [0, 1]
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import hashlib
+import logging
+from collections.abc import Callable, Iterator, Sequence
+from dataclasses import dataclass
+
+import torch
+
+from .config import ExtractionConfig, config_fingerprint
+from .features.backend import FeatureBackend, extract_features
+from .images import ImageLike, image_list, restore_size, stretch_to_square, to_mask, to_model_range
+from .modeling.decoder import InContextDecoder
+from .modeling.similarity import pool_token_mask, select_reference_tokens
+from .types import UNetFeatures
+
+logger = logging.getLogger(__name__)
+
+ProgressCallback = Callable[[int, int], None]
+
+
+@dataclass(frozen=True)
+class ReferenceContext:
+    """What the targets are matched against: the RoI tokens of one or more reference images.
+
+    Attributes:
+        tokens: ``[K, C]`` float32 CPU reference tokens (raw UNet ``up_blocks[1]`` features, ensemble mean) of
+            all references, concatenated in reference order.
+        token_masks: ``[R, g, g]`` bool, which cells of the g x g grid (S/16) each of the R references uses.
+        reference_sizes: ``(H, W)`` of each reference image.
+        fingerprint: identifies the model and configuration that produced the tokens.
+    """
+
+    tokens: torch.Tensor
+    token_masks: torch.Tensor
+    reference_sizes: tuple[tuple[int, int], ...]
+    fingerprint: str
+
+    @property
+    def num_tokens(self) -> int:
+        return int(self.tokens.shape[0])
+
+
+class EmptyReferenceError(ValueError):
+    """The reference mask selects no token."""
+
+
+class IconMatting:
+    """The matting engine: a frozen SD feature backend + the in-context decoder.
+
+    Args:
+        backend: a :class:`~icm_core.features.backend.FeatureBackend` (diffusers or ComfyUI).
+        decoder: the in-context decoder (eval mode); moved to the backend's device.
+        extraction: timestep / ensemble / image size; the image size must equal the decoder's.
+    """
+
+    def __init__(
+        self,
+        backend: FeatureBackend,
+        decoder: InContextDecoder,
+        extraction: ExtractionConfig | None = None,
+    ) -> None:
+        extraction = extraction or ExtractionConfig(image_size=decoder.config.image_size)
+        if extraction.image_size != decoder.config.image_size:
+            raise ValueError(
+                f"the decoder works at {decoder.config.image_size}px but extraction is set to "
+                f"{extraction.image_size}px; use ExtractionConfig(image_size={decoder.config.image_size})."
+            )
+        if backend.feature_channels != decoder.config.feature_channels:
+            raise ValueError(
+                f"decoder expects {decoder.config.feature_channels}-channel UNet features but the SD model gives "
+                f"{backend.feature_channels}; load the decoder trained for this SD model (SD 2.1: 1280 channels)."
+            )
+        self.backend = backend
+        self.decoder = decoder.to(backend.device).eval()
+        self.extraction = extraction
+        self.fingerprint = config_fingerprint(
+            backend.fingerprint(), extraction, decoder.config, _module_digest(decoder)
+        )
+
+    @property
+    def token_grid(self) -> int:
+        return self.extraction.attention_resolutions[1]
+
+    def encode_reference(
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        masks: ImageLike | Sequence[ImageLike],
+        seed: int = 0,
+    ) -> ReferenceContext:
+        """Encode one or several reference images with their RoI masks (run once per batch of targets).
+
+        Args:
+            images: one image or a batch/sequence (see :mod:`icm_core.images`).
+            masks: one ``[H, W]`` mask per image, at that image's size; > 0.5 is the RoI.
+            seed: seed of the ensemble noise.
+        """
+        references = image_list(images, "reference image")
+        mask_items = list(masks) if isinstance(masks, (list, tuple)) else _split_masks(masks, len(references))
+        if len(mask_items) != len(references):
+            raise ValueError(f"got {len(references)} reference images but {len(mask_items)} masks; give one each.")
+        side = self.extraction.image_size
+        token_masks, tokens = [], []
+        for index, (image, raw_mask) in enumerate(zip(references, mask_items)):
+            mask = to_mask(raw_mask, tuple(image.shape[1:]), f"reference mask {index}")
+            square_mask = stretch_to_square(mask[None], side)[0]
+            token_mask = pool_token_mask(square_mask, self.token_grid)
+            if not token_mask.any():
+                raise EmptyReferenceError(
+                    f"reference mask {index} selects no reference token: a token needs its whole "
+                    f"{side // self.token_grid}x{side // self.token_grid} px block (at {side}x{side}) inside the "
+                    f"mask, and this mask covers {float((mask > 0.5).float().mean()) * 100:.2f}% of the image. "
+                    "Widen the mask (thin strokes and single points vanish), or expand a point/scribble prompt."
+                )
+            square = to_model_range(stretch_to_square(image, side))[None]
+            features = extract_features(self.backend, square, self.extraction, seed, record_attention=False)
+            tokens.append(select_reference_tokens(features.high[0].float().cpu(), token_mask))
+            token_masks.append(token_mask)
+        context = ReferenceContext(
+            tokens=torch.cat(tokens),
+            token_masks=torch.stack(token_masks),
+            reference_sizes=tuple(tuple(image.shape[1:]) for image in references),
+            fingerprint=self.fingerprint,
+        )
+        logger.info("reference context: %d references, %d tokens", len(references), context.num_tokens)
+        return context
+
+    def iter_matte(
+        self,
+        context: ReferenceContext,
+        images: ImageLike | Sequence[ImageLike],
+        seed: int = 0,
+        batch_size: int = 4,
+        progress: ProgressCallback | None = None,
+    ) -> Iterator[tuple[int, torch.Tensor]]:
+        """Yield ``(index, alpha [H, W] float32 CPU in [0, 1])`` per target, in input order.
+
+        Targets go through the UNet ``batch_size`` at a time; peak memory depends on ``batch_size`` only.
+        """
+        self._check_context(context)
+        if batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {batch_size}")
+        targets = image_list(images, "target image")
+        side = self.extraction.image_size
+        tokens = context.tokens.to(self.backend.device, next(self.decoder.parameters()).dtype)
+        done = 0
+        for start in range(0, len(targets), batch_size):
+            chunk = targets[start : start + batch_size]
+            square = torch.stack([to_model_range(stretch_to_square(image, side)) for image in chunk])
+            alphas = self._matte_squares(tokens, square, seed)
+            for offset, (image, alpha) in enumerate(zip(chunk, alphas)):
+                restored = restore_size(alpha[None].float(), tuple(image.shape[1:]))
+                yield start + offset, restored[0, 0].cpu()
+            done += len(chunk)
+            if progress is not None:
+                progress(done, len(targets))
+
+    def matte(
+        self,
+        context: ReferenceContext,
+        images: ImageLike | Sequence[ImageLike],
+        seed: int = 0,
+        batch_size: int = 4,
+        progress: ProgressCallback | None = None,
+    ) -> list[torch.Tensor]:
+        """Alpha mattes ``[H, W]`` (float32 CPU, [0, 1]) of every target, in input order. See :meth:`iter_matte`."""
+        return [alpha for _, alpha in self.iter_matte(context, images, seed, batch_size, progress)]
+
+    def _matte_squares(self, tokens: torch.Tensor, square: torch.Tensor, seed: int) -> torch.Tensor:
+        """``[n, 3, S, S]`` in [-1, 1] -> ``[n, 1, S, S]`` alpha."""
+        features = extract_features(self.backend, square, self.extraction, seed, record_attention=True)
+        dtype = tokens.dtype
+        with torch.no_grad():
+            output = self.decoder(tokens, _cast_features(features, dtype), square.to(tokens.device, dtype))
+        return output.alpha
+
+    def _check_context(self, context: ReferenceContext) -> None:
+        if not isinstance(context, ReferenceContext):
+            raise TypeError(f"expected a ReferenceContext from encode_reference, got {type(context).__name__}")
+        if context.fingerprint != self.fingerprint:
+            raise ValueError(
+                "this reference context was encoded with another model or configuration (fingerprint "
+                f"{context.fingerprint}, this engine {self.fingerprint}); encode the reference again with this one."
+            )
+
+
+def _split_masks(masks: ImageLike, count: int) -> list[ImageLike]:
+    if isinstance(masks, torch.Tensor) and masks.ndim == 3 and masks.shape[0] == count and count > 1:
+        return list(masks)
+    if isinstance(masks, torch.Tensor) and masks.ndim == 4:
+        return [mask[0] if mask.ndim == 3 else mask for mask in masks]
+    return [masks]
+
+
+def _cast_features(features: UNetFeatures, dtype: torch.dtype) -> UNetFeatures:
+    return dataclasses.replace(
+        features,
+        low=features.low.to(dtype),
+        high=features.high.to(dtype),
+        attention_low=features.attention_low.to(dtype),
+        attention_high=features.attention_high.to(dtype),
+    )
+
+
+def _module_digest(module: torch.nn.Module) -> str:
+    digest = hashlib.sha256()
+    for name, tensor in sorted(module.state_dict().items()):
+        digest.update(name.encode())
+        digest.update(tensor.detach().flatten()[:1024].float().cpu().numpy().tobytes())
+    return digest.hexdigest()[:16]
