@@ -1,0 +1,142 @@
+"""Decoder checkpoints: strict loading from the official layout, and conversion to ``.safetensors``.
+
+Accepted files: the official release (``12-0.00800-mat.pth``: a Lightning checkpoint whose ``state_dict`` holds
+the 89 ``in_context_decoder.*`` keys), a bare state dict with or without that prefix, and ``.safetensors``.
+Keys of the frozen SD model (``feature_extractor.*``), which training checkpoints may still carry, are ignored.
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import torch
+
+from ..config import DecoderConfig
+from ..modeling.decoder import InContextDecoder
+from ..modeling.key_table import OFFICIAL_PREFIX, infer_decoder_config, official_key, our_key, to_official
+from ..types import UNetFeatures
+from .checkpoint_io import read_checkpoint, write_safetensors_atomic
+from .stable_diffusion import WeightsNotFoundError
+
+logger = logging.getLogger(__name__)
+
+OFFICIAL_DECODER_FILE = "12-0.00800-mat.pth"
+IGNORED_PREFIXES = ("feature_extractor.",)
+FORMAT_TAG = "icm-decoder"
+
+
+class DecoderCheckpointError(ValueError):
+    """The file is a checkpoint, but not one our decoder can load strictly."""
+
+
+def load_decoder(path: str | Path) -> InContextDecoder:
+    """Read a decoder checkpoint and build the matching decoder (widths read from the tensors), fp32, eval."""
+    file = Path(path)
+    if not file.is_file():
+        raise WeightsNotFoundError(
+            f"decoder checkpoint not found: expected a file at {file}. Download the official IconMatting decoder "
+            f"'{OFFICIAL_DECODER_FILE}' (released with the GitHub repository tiny-smart/in-context-matting) and "
+            "put it there (in ComfyUI: models/icm/)."
+        )
+    contents = read_checkpoint(file)
+    return decoder_from_tensors(contents.tensors, source=str(file))
+
+
+def decoder_from_tensors(tensors: dict[str, torch.Tensor], source: str = "state dict") -> InContextDecoder:
+    """Build and strictly load a decoder from official-layout tensors (keys with or without the prefix)."""
+    ours: dict[str, torch.Tensor] = {}
+    unexpected: list[str] = []
+    for key, value in tensors.items():
+        if key.startswith(IGNORED_PREFIXES):
+            continue
+        mapped = our_key(key)
+        if mapped is None:
+            unexpected.append(key)
+        else:
+            ours[mapped] = value
+    ignored = sum(1 for key in tensors if key.startswith(IGNORED_PREFIXES))
+    if ignored:
+        logger.info("%s: ignored %d frozen SD tensors (feature_extractor.*)", source, ignored)
+    try:
+        config = infer_decoder_config({official_key(k): v for k, v in ours.items()})
+    except ValueError as error:
+        raise DecoderCheckpointError(f"{source}: {error}") from error
+    decoder = InContextDecoder(config)
+    expected = decoder.state_dict()
+    missing = [official_key(k) for k in expected if k not in ours]
+    misshaped = [
+        f"{official_key(k)} (expected {tuple(v.shape)}, got {tuple(ours[k].shape)})"
+        for k, v in expected.items()
+        if k in ours and tuple(ours[k].shape) != tuple(v.shape)
+    ]
+    if missing or unexpected or misshaped:
+        problems = []
+        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+            if items:
+                problems.append(f"{label} keys ({len(items)}): " + ", ".join(items[:12]) + (" ..." if len(items) > 12 else ""))
+        raise DecoderCheckpointError(
+            f"{source} is not a complete IconMatting decoder for widths {config}: " + "; ".join(problems)
+            + f". Expected the {len(expected)} '{OFFICIAL_PREFIX}*' tensors of the official release; re-download "
+            "or re-convert the file."
+        )
+    decoder.load_state_dict({k: v.to(expected[k].dtype) for k, v in ours.items()}, strict=True)
+    return decoder.eval()
+
+
+def save_decoder(decoder: InContextDecoder, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:
+    """Write the decoder in the official key layout as ``.safetensors`` (atomically)."""
+    metadata = {"format": FORMAT_TAG, "decoder_config": json.dumps(decoder.config.__dict__, default=list)}
+    metadata.update(extra_metadata or {})
+    state = {k: v.detach().cpu() for k, v in to_official(decoder.state_dict()).items()}
+    write_safetensors_atomic(state, Path(path), metadata)
+
+
+def convert_decoder(source: str | Path, target: str | Path) -> float:
+    """Convert any accepted decoder file to ``.safetensors``; reload both and check they give identical alphas.
+
+    Returns:
+        The max abs alpha difference between the source and the converted file on a random input (0.0).
+    """
+    target = Path(target)
+    if target.suffix != ".safetensors":
+        raise ValueError(f"the converted file must end in .safetensors, got {target.name}")
+    original = load_decoder(source)
+    save_decoder(original, target, {"converted_from": Path(source).name})
+    reloaded = load_decoder(target)
+    difference = _max_output_difference(original, reloaded)
+    if difference != 0.0:
+        target.unlink(missing_ok=True)
+        raise RuntimeError(f"conversion check failed: outputs differ by {difference}; {target} was removed")
+    return difference
+
+
+def random_decoder_inputs(
+    config: DecoderConfig, batch: int = 1, tokens: int = 5, seed: int = 0
+) -> tuple[torch.Tensor, UNetFeatures, torch.Tensor]:
+    """Random but well-formed decoder inputs ``(tokens [K, C], features, images [B, 3, S, S])``."""
+    generator = torch.Generator().manual_seed(seed)
+    low, high = config.attention_resolutions
+    channels, size = config.feature_channels, config.image_size
+
+    def attention(side: int) -> torch.Tensor:
+        logits = torch.randn(batch, side, side, side * side, generator=generator)
+        return logits.softmax(dim=-1)
+
+    features = UNetFeatures(
+        low=torch.randn(batch, channels, low, low, generator=generator),
+        high=torch.randn(batch, channels, high, high, generator=generator),
+        attention_low=attention(low),
+        attention_high=attention(high),
+    )
+    images = torch.rand(batch, 3, size, size, generator=generator) * 2 - 1
+    return torch.randn(tokens, channels, generator=generator), features, images
+
+
+def _max_output_difference(first: InContextDecoder, second: InContextDecoder) -> float:
+    tokens, features, images = random_decoder_inputs(first.config)
+    with torch.no_grad():
+        a = first(tokens, features, images).alpha
+        b = second(tokens, features, images).alpha
+    return float((a - b).abs().max())
