@@ -1,0 +1,1 @@
+"""ComfyUI entry point of the In-Context Matting node pack (nodes live in ``nodes/``, the engine in ``icm_core/``)."""
