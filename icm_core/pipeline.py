@@ -80,7 +80,7 @@ class IconMatting:
                 f"{backend.feature_channels}; load the decoder trained for this SD model (SD 2.1: 1280 channels)."
             )
         self.backend = backend
-        self.decoder = decoder.to(backend.device).eval()
+        self.decoder = decoder.eval()
         self.extraction = extraction
         self.fingerprint = config_fingerprint(
             backend.fingerprint(), extraction, decoder.config, _module_digest(decoder)
@@ -150,12 +150,11 @@ class IconMatting:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         targets = image_list(images, "target image")
         side = self.extraction.image_size
-        tokens = context.tokens.to(self.backend.device, next(self.decoder.parameters()).dtype)
         done = 0
         for start in range(0, len(targets), batch_size):
             chunk = targets[start : start + batch_size]
             square = torch.stack([to_model_range(stretch_to_square(image, side)) for image in chunk])
-            alphas = self._matte_squares(tokens, square, seed)
+            alphas = self._matte_squares(context.tokens, square, seed)
             for offset, (image, alpha) in enumerate(zip(chunk, alphas)):
                 restored = restore_size(alpha[None].float(), tuple(image.shape[1:]))
                 yield start + offset, restored[0, 0].cpu()
@@ -175,11 +174,13 @@ class IconMatting:
         return [alpha for _, alpha in self.iter_matte(context, images, seed, batch_size, progress)]
 
     def _matte_squares(self, tokens: torch.Tensor, square: torch.Tensor, seed: int) -> torch.Tensor:
-        """``[n, 3, S, S]`` in [-1, 1] -> ``[n, 1, S, S]`` alpha."""
+        """Reference tokens ``[K, C]`` + targets ``[n, 3, S, S]`` in [-1, 1] -> ``[n, 1, S, S]`` alpha."""
         features = extract_features(self.backend, square, self.extraction, seed, record_attention=True)
-        dtype = tokens.dtype
+        device = self.backend.place_decoder(self.decoder)
+        dtype = next(self.decoder.parameters()).dtype
+        features = _cast_features(features, device, dtype)
         with torch.no_grad():
-            output = self.decoder(tokens, _cast_features(features, dtype), square.to(tokens.device, dtype))
+            output = self.decoder(tokens.to(device, dtype), features, square.to(device, dtype))
         return output.alpha
 
     def _check_context(self, context: ReferenceContext) -> None:
@@ -200,13 +201,13 @@ def _split_masks(masks: ImageLike, count: int) -> list[ImageLike]:
     return [masks]
 
 
-def _cast_features(features: UNetFeatures, dtype: torch.dtype) -> UNetFeatures:
+def _cast_features(features: UNetFeatures, device: torch.device, dtype: torch.dtype) -> UNetFeatures:
     return dataclasses.replace(
         features,
-        low=features.low.to(dtype),
-        high=features.high.to(dtype),
-        attention_low=features.attention_low.to(dtype),
-        attention_high=features.attention_high.to(dtype),
+        low=features.low.to(device, dtype),
+        high=features.high.to(device, dtype),
+        attention_low=features.attention_low.to(device, dtype),
+        attention_high=features.attention_high.to(device, dtype),
     )
 
 

@@ -44,6 +44,9 @@ class FeatureBackend(Protocol):
     def fingerprint(self) -> str:
         """A short string identifying the weights (contexts from another model are refused)."""
 
+    def place_decoder(self, decoder: torch.nn.Module) -> torch.device:
+        """Make the decoder ready to run next to the features (move or load it); return its device."""
+
 
 def extract_features(
     backend: FeatureBackend,

@@ -184,6 +184,10 @@ class DiffusersFeatureBackend:
             for path, processor in saved_processors.items():
                 self.unet.get_submodule(path).set_processor(processor)
 
+    def place_decoder(self, decoder: nn.Module) -> torch.device:
+        decoder.to(self.device)
+        return self.device
+
     def fingerprint(self) -> str:
         digest = hashlib.sha256(repr(sorted(dict(self.unet.config).items())).encode())
         for path in ("conv_in.weight", FEATURE_SITES[-1].diffusers_path + ".resnets.0.conv1.weight"):
