@@ -1,1 +1,14 @@
-"""ComfyUI entry point of the In-Context Matting node pack (nodes live in ``nodes/``, the engine in ``icm_core/``)."""
+"""ComfyUI entry point of the In-Context Matting node pack (nodes in ``nodes/``, the engine in ``icm_core/``).
+
+ComfyUI imports this folder as a package and calls :func:`comfy_entrypoint`. ComfyUI modules are imported only
+there, so the package (and ``icm_core``) stays importable without ComfyUI.
+"""
+
+
+async def comfy_entrypoint():
+    """Register the model folder and return the pack's V3 extension."""
+    from .nodes.comfy_nodes import InContextMattingExtension
+    from .nodes.model_folder import register_decoder_folder
+
+    register_decoder_folder()
+    return InContextMattingExtension()

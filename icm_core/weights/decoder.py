@@ -14,11 +14,11 @@ from pathlib import Path
 import torch
 
 from ..config import DecoderConfig
+from ..errors import WeightsNotFoundError
 from ..modeling.decoder import InContextDecoder
 from ..modeling.key_table import OFFICIAL_PREFIX, infer_decoder_config, official_key, our_key, to_official
 from ..types import UNetFeatures
 from .checkpoint_io import read_checkpoint, write_safetensors_atomic
-from .stable_diffusion import WeightsNotFoundError
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +47,7 @@ def load_decoder(path: str | Path) -> InContextDecoder:
 def decoder_from_tensors(tensors: dict[str, torch.Tensor], source: str = "state dict") -> InContextDecoder:
     """Build and strictly load a decoder from official-layout tensors (keys with or without the prefix)."""
     ours: dict[str, torch.Tensor] = {}
+    names: dict[str, str] = {}  # our key -> the key as stored in the file
     unexpected: list[str] = []
     for key, value in tensors.items():
         if key.startswith(IGNORED_PREFIXES):
@@ -56,6 +57,7 @@ def decoder_from_tensors(tensors: dict[str, torch.Tensor], source: str = "state 
             unexpected.append(key)
         else:
             ours[mapped] = value
+            names[mapped] = key
     ignored = sum(1 for key in tensors if key.startswith(IGNORED_PREFIXES))
     if ignored:
         logger.info("%s: ignored %d frozen SD tensors (feature_extractor.*)", source, ignored)
@@ -65,6 +67,8 @@ def decoder_from_tensors(tensors: dict[str, torch.Tensor], source: str = "state 
         raise DecoderCheckpointError(f"{source}: {error}") from error
     decoder = InContextDecoder(config)
     expected = decoder.state_dict()
+    # Keys that match a table row but are not in this decoder (e.g. a 4th convstream conv) are unexpected too.
+    unexpected += [names[k] for k in ours if k not in expected]
     missing = [official_key(k) for k in expected if k not in ours]
     misshaped = [
         f"{official_key(k)} (expected {tuple(v.shape)}, got {tuple(ours[k].shape)})"

@@ -35,6 +35,7 @@ from diffusers.loaders.single_file_utils import (
 )
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from ..errors import WeightsNotFoundError
 from .checkpoint_io import read_checkpoint
 
 __all__ = [
@@ -72,8 +73,6 @@ _WEIGHT_STEMS = {
 }
 
 
-class WeightsNotFoundError(FileNotFoundError):
-    """The Stable Diffusion 2.1 weights (or one of their parts) are not where they were expected."""
 
 
 @dataclass(frozen=True)

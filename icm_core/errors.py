@@ -1,0 +1,7 @@
+"""Exceptions shared across icm_core (kept import-light: no diffusers/transformers here)."""
+
+from __future__ import annotations
+
+
+class WeightsNotFoundError(FileNotFoundError):
+    """Model weights (or one of their parts) are not where they were expected; the message says where to put them."""

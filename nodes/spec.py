@@ -1,0 +1,123 @@
+"""The frozen public interface of the nodes: ids, display names, inputs and outputs.
+
+Node ids are stable forever once released (workflows store them); display names are fixed. The ComfyUI V3
+schemas are built from these specs, and tests compare both the specs (without ComfyUI) and the live
+``/object_info`` (with ComfyUI) against them.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Any
+
+CATEGORY = "image/matting/In-Context Matting"
+ICM_MODEL = "ICM_MODEL"
+ICM_CONTEXT = "ICM_CONTEXT"
+DECODER_FOLDER = "icm"
+
+LOAD_ID = "ICM_LoadIconMatting"
+ENCODE_ID = "ICM_EncodeReferenceContext"
+EXPAND_ID = "ICM_ExpandPointPrompt"  # reserved for the point/scribble prompt node
+APPLY_ID = "ICM_ApplyInContextMatte"
+
+MAX_SEED = 2**63 - 1
+
+
+@dataclass(frozen=True)
+class Port:
+    """One input or output socket / widget.
+
+    ``kind`` is the ComfyUI type name (IMAGE, MASK, MODEL, VAE, CLIP, INT, FLOAT, BOOLEAN, COMBO, ICM_MODEL, ...).
+    ``options`` lists COMBO choices; ``options_from`` names a model folder whose files are the choices.
+    """
+
+    name: str
+    kind: str
+    tooltip: str
+    default: Any = None
+    minimum: float | None = None
+    maximum: float | None = None
+    step: float | None = None
+    options: tuple[str, ...] = ()
+    options_from: str | None = None
+    advanced: bool = False
+    optional: bool = False
+
+
+@dataclass(frozen=True)
+class NodeSpec:
+    node_id: str
+    display_name: str
+    description: str
+    inputs: tuple[Port, ...]
+    outputs: tuple[Port, ...] = field(default_factory=tuple)
+
+
+LOAD_SPEC = NodeSpec(
+    node_id=LOAD_ID,
+    display_name="Load IconMatting",
+    description="Turns the SD 2.x MODEL, VAE and CLIP already loaded in the graph into a matting model, with "
+    "the IconMatting decoder from models/icm. Nothing is copied: the graph's model is reused.",
+    inputs=(
+        Port("model", "MODEL", "The SD 2.1 (768-v) or SD 2.x base MODEL from Load Checkpoint; used frozen."),
+        Port("vae", "VAE", "The SD 2.x VAE (a KL VAE: its posterior is sampled, so TAESD does not work)."),
+        Port("clip", "CLIP", "The SD 2.x CLIP; only the empty prompt is encoded, once."),
+        Port(
+            "decoder_name",
+            "COMBO",
+            "IconMatting decoder checkpoint in models/icm (official: 12-0.00800-mat.pth).",
+            options_from=DECODER_FOLDER,
+        ),
+        Port("timestep", "INT", "Diffusion timestep of the single noisy UNet pass (paper: 200).",
+             default=200, minimum=0, maximum=999, step=1, advanced=True),
+        Port("ensemble_size", "INT", "Noisy copies per image averaged into the features (paper: 4; fewer is "
+             "faster, more is smoother).", default=4, minimum=1, maximum=16, step=1, advanced=True),
+        Port("precision", "COMBO", "Precision of the IconMatting decoder (the UNet runs as ComfyUI loaded it). "
+             "auto: fp16 on GPUs that support it, else fp32.", default="fp32",
+             options=("fp32", "auto", "fp16", "bf16"), advanced=True),
+    ),
+    outputs=(Port("icm_model", ICM_MODEL, "The matting model: connect to Encode Reference Context and Apply "
+                  "In-Context Matte."),),
+)
+
+ENCODE_SPEC = NodeSpec(
+    node_id=ENCODE_ID,
+    display_name="Encode Reference Context",
+    description="Marks what to matte: the reference image(s) and a mask of the thing. Encoded once; every target "
+    "batch is matched against it.",
+    inputs=(
+        Port("icm_model", ICM_MODEL, "From Load IconMatting."),
+        Port("reference", "IMAGE", "Reference image(s) showing the thing to matte. Several images form one "
+             "context (their marked tokens are pooled)."),
+        Port("mask", "MASK", "Where the thing is in each reference (white = the thing). A mask painted in the "
+             "mask editor works as is; one mask per reference image, or one for all."),
+        Port("invert_mask", "BOOLEAN", "Invert the mask first. Turn on when the reference is a cut-out PNG "
+             "whose alpha marks the thing (Load Image gives 1 - alpha).", default=False),
+        Port("seed", "INT", "Seed of the diffusion noise.", default=0, minimum=0, maximum=MAX_SEED, step=1),
+    ),
+    outputs=(
+        Port("context", ICM_CONTEXT, "The reference context: connect to Apply In-Context Matte."),
+        Port("preview", "IMAGE", "The reference with the tokens that were used highlighted (others dimmed)."),
+    ),
+)
+
+APPLY_SPEC = NodeSpec(
+    node_id=APPLY_ID,
+    display_name="Apply In-Context Matte",
+    description="Mattes every target image like the reference: one soft alpha per image, in order.",
+    inputs=(
+        Port("icm_model", ICM_MODEL, "From Load IconMatting."),
+        Port("context", ICM_CONTEXT, "From Encode Reference Context (made with the same matting model)."),
+        Port("images", "IMAGE", "Target images (any size, any batch length)."),
+        Port("batch_size", "INT", "Targets per UNet pass; memory grows with it, not with the batch length.",
+             default=2, minimum=1, maximum=64, step=1, advanced=True),
+        Port("seed", "INT", "Seed of the diffusion noise (the same image and seed always give the same alpha).",
+             default=0, minimum=0, maximum=MAX_SEED, step=1),
+    ),
+    outputs=(
+        Port("alpha", "MASK", "Soft alpha matte per target, [B, H, W] in 0..1."),
+        Port("rgba", "IMAGE", "Each target with its alpha as a fourth channel."),
+    ),
+)
+
+NODE_SPECS: tuple[NodeSpec, ...] = (LOAD_SPEC, ENCODE_SPEC, APPLY_SPEC)
