@@ -39,3 +39,33 @@ def golden_meta() -> dict:
 @pytest.fixture(scope="session")
 def official_layout() -> dict:
     return json.loads(_require(GOLDEN_DIR / "official_decoder_layout.json").read_text())
+
+
+def import_pack(name: str = "icm_pack"):
+    """Import the repository as a package, the way ComfyUI imports a custom-node folder (relative imports)."""
+    import importlib.util
+    import sys
+
+    if name in sys.modules:
+        return sys.modules[name]
+    spec = importlib.util.spec_from_file_location(
+        name, REPO_ROOT / "__init__.py", submodule_search_locations=[str(REPO_ROOT)]
+    )
+    module = importlib.util.module_from_spec(spec)
+    sys.modules[name] = module
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.fixture(scope="session")
+def pack():
+    """The node pack imported as a package; ComfyUI itself is not needed."""
+    return import_pack()
+
+
+@pytest.fixture(scope="session")
+def pack_module(pack):
+    """``pack_module("nodes.spec")`` imports a submodule of the pack."""
+    import importlib
+
+    return lambda dotted: importlib.import_module(f"{pack.__name__}.{dotted}")

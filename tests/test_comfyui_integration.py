@@ -1,0 +1,211 @@
+"""The pack inside a real, headless ComfyUI (CPU). Skipped unless ``COMFYUI_PATH`` points at a ComfyUI tree.
+
+Environment:
+    COMFYUI_PATH   a runnable ComfyUI tree (e.g. made by ../shared/comfy_e2e/setup_comfy.sh).
+    COMFY_PYTHON   its Python (default: ``<COMFYUI_PATH>/../venv/bin/python``).
+    COMFY_E2E      the headless toolkit (default: ``<repo>/../shared/comfy_e2e``).
+    ICM_TEST_SD2_CHECKPOINT  a random narrow SD2 checkpoint with a KL VAE (default: made by the toolkit's
+                   ``make_random_sd2_checkpoint.py --unet narrow --vae kl`` into the test's models folder).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+REPO = Path(__file__).resolve().parents[1]
+COMFYUI_PATH = os.environ.get("COMFYUI_PATH")
+
+pytestmark = [
+    pytest.mark.comfyui,
+    pytest.mark.skipif(not COMFYUI_PATH, reason="COMFYUI_PATH is not set: no ComfyUI tree to test the nodes in"),
+]
+
+TEST_DECODER = "icm_test_narrow320_256.safetensors"
+TEST_CHECKPOINT = "sd2_rand_narrow_kl.safetensors"
+SD1_UNET = "sd1_shaped_unet.safetensors"
+
+
+def _comfy_python() -> str:
+    return os.environ.get("COMFY_PYTHON", str(Path(COMFYUI_PATH).resolve().parent / "venv" / "bin" / "python"))
+
+
+def _toolkit() -> Path:
+    return Path(os.environ.get("COMFY_E2E", REPO.parent / "shared" / "comfy_e2e"))
+
+
+def _toolkit_env(models: Path) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update({"COMFY_DIR": str(Path(COMFYUI_PATH).resolve()), "COMFY_PYTHON": _comfy_python(), "COMFY_MODELS": str(models)})
+    return env
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory) -> Path:
+    """A models folder: the random narrow SD2 checkpoint, a matching random decoder, an SD1-shaped UNet."""
+    from icm_core.config import DecoderConfig
+    from icm_core.modeling.decoder import InContextDecoder
+    from icm_core.weights.decoder import save_decoder
+
+    root = tmp_path_factory.mktemp("models")
+    for folder in ("checkpoints", "icm", "diffusion_models"):
+        (root / folder).mkdir()
+    checkpoint = root / "checkpoints" / TEST_CHECKPOINT
+    given = os.environ.get("ICM_TEST_SD2_CHECKPOINT")
+    if given:
+        checkpoint.symlink_to(Path(given).resolve())
+    else:
+        subprocess.run(
+            [sys.executable, str(_toolkit() / "make_random_sd2_checkpoint.py"), "--unet", "narrow", "--vae", "kl",
+             "--clip-dtype", "fp8", "--dtype", "fp32", "--out", str(checkpoint)],
+            check=True, env=_toolkit_env(root), capture_output=True,
+        )
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        decoder = InContextDecoder(
+            DecoderConfig(feature_channels=320, image_size=256, attention_channels=32, projected_channels=32,
+                          fusion_channels=(32, 16, 16, 8))
+        )
+    save_decoder(decoder, root / "icm" / TEST_DECODER)
+    _write_sd1_shaped_unet(checkpoint, root / "diffusion_models" / SD1_UNET)
+    return root
+
+
+def _write_sd1_shaped_unet(checkpoint: Path, target: Path) -> None:
+    """The narrow SD2 UNet reshaped to what ComfyUI detects as SD 1.x: 768-wide context, conv projections."""
+    from safetensors import safe_open
+    from safetensors.torch import save_file
+
+    prefix = "model.diffusion_model."
+    tensors = {}
+    with safe_open(str(checkpoint), framework="pt") as handle:
+        for key in handle.keys():
+            if not key.startswith(prefix):
+                continue
+            value = handle.get_tensor(key)
+            name = key[len(prefix) :]
+            if name.endswith(("attn2.to_k.weight", "attn2.to_v.weight")):
+                value = value[:, :768].contiguous()
+            elif name.endswith(("proj_in.weight", "proj_out.weight")) and value.ndim == 2:
+                value = value[:, :, None, None].contiguous()
+            tensors[name] = value
+    save_file(tensors, str(target))
+
+
+def _write_inputs(folder: Path) -> Path:
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(0)
+    image = (rng.random((200, 240, 3)) * 255).astype(np.uint8)
+    alpha = np.full((200, 240), 255, np.uint8)
+    alpha[40:160, 60:200] = 0  # painted in the mask editor: Load Image's mask is 1 - alpha
+    Image.fromarray(np.dstack([image, alpha])).save(folder / "icm_reference.png")
+    for index, size in enumerate([(180, 260), (256, 192), (230, 230)], start=1):
+        Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(folder / f"icm_target_{index}.png")
+    return folder
+
+
+def _run_workflow(workflow: dict, models: Path, inputs: Path, tmp_path: Path) -> dict:
+    path = tmp_path / "workflow_api.json"
+    path.write_text(json.dumps(workflow))
+    process = subprocess.run(
+        [sys.executable, str(_toolkit() / "run_workflow.py"), "--custom-node", str(REPO), "--workflow", str(path),
+         "--input-dir", str(inputs), "--models-dir", str(models), "--timeout", "900"],
+        env=_toolkit_env(models), capture_output=True, text=True,
+    )
+    return json.loads(process.stdout)
+
+
+def _for_test_models(workflow: dict) -> dict:
+    """Swap the real model names and sizes of an example workflow for the small CPU fixtures."""
+    for node in workflow.values():
+        inputs = node["inputs"]
+        if inputs.get("ckpt_name") == "v2-1_768-ema-pruned.safetensors":
+            inputs["ckpt_name"] = TEST_CHECKPOINT
+        if inputs.get("decoder_name") == "12-0.00800-mat.pth":
+            inputs["decoder_name"] = TEST_DECODER
+        if node["class_type"] == "ICM_LoadIconMatting":
+            inputs["ensemble_size"] = 2
+        if node["class_type"] == "EmptyLatentImage":
+            inputs.update(width=256, height=256, batch_size=2)
+        if node["class_type"] == "KSampler":
+            inputs["steps"] = 1
+    return workflow
+
+
+def test_backends_agree_on_the_same_weights(models, tmp_path):
+    out = tmp_path / "agreement.json"
+    subprocess.run(
+        [_comfy_python(), str(REPO / "tests" / "comfyui" / "agreement_probe.py"), str(Path(COMFYUI_PATH).resolve()),
+         str(REPO), str(models / "checkpoints" / TEST_CHECKPOINT), str(out)],
+        check=True, capture_output=True,
+    )
+    result = json.loads(out.read_text())
+    assert result["feature_channels"] == [320, 320]
+    assert result["posterior_mean"] < 1e-4 and result["posterior_std"] < 1e-4
+    assert result["alpha_bar"] < 1e-5
+    for name in ("low", "high", "reference_high"):
+        assert result[name] < 1e-4, (name, result)
+    for name in ("attention_low", "attention_high"):
+        assert result[name] < 1e-5, (name, result)
+
+
+@pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "workflows" / "api").glob("*_api.json")))
+def test_example_api_workflows_run(name, models, tmp_path):
+    workflow = _for_test_models(json.loads((REPO / "workflows" / "api" / name).read_text()))
+    result = _run_workflow(workflow, models, _write_inputs(tmp_path / "input"), tmp_path)
+    assert result["status"] == "success", json.dumps(result.get("execution_error") or result.get("node_errors"))[:4000]
+    assert not result["custom_node_import_failed"]
+    alphas = [f for f in result["files"] if "alpha" in Path(f["path"]).name]
+    applies = [n for n in workflow.values() if n["class_type"] == "ICM_ApplyInContextMatte"]
+    assert applies and alphas
+    batch = {"matte_loaded_images_api.json": 3, "generate_then_matte_api.json": 2}.get(name)
+    if batch is not None:
+        assert len(alphas) == batch
+
+
+def test_ui_workflows_validate_against_the_live_catalogue(models, tmp_path, pack_module):
+    catalogue = tmp_path / "object_info.json"
+    subprocess.run(
+        [sys.executable, str(_toolkit() / "run_workflow.py"), "--custom-node", str(REPO), "--models-dir", str(models),
+         "--dump-object-info", str(catalogue)],
+        env=_toolkit_env(models), check=True, capture_output=True,
+    )
+    info = json.loads(catalogue.read_text())
+    for spec in pack_module("nodes.spec").NODE_SPECS:
+        entry = info[spec.node_id]
+        assert entry["display_name"] == spec.display_name
+        assert entry["input_order"]["required"] == [port.name for port in spec.inputs if not port.optional]
+        assert entry["output_name"] == [port.name for port in spec.outputs]
+    ui_files = sorted(str(p) for p in (REPO / "workflows").glob("*.json"))
+    assert ui_files
+    check = subprocess.run(
+        [sys.executable, str(_toolkit() / "validate_ui_workflow.py"), "--object-info", str(catalogue), *ui_files],
+        capture_output=True, text=True,
+    )
+    assert check.returncode == 0, check.stdout + check.stderr
+
+
+def test_non_sd2_model_is_refused_with_a_clear_message(models, tmp_path):
+    workflow = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TEST_CHECKPOINT}},
+        "2": {"class_type": "UNETLoader", "inputs": {"unet_name": SD1_UNET, "weight_dtype": "default"}},
+        "3": {"class_type": "ICM_LoadIconMatting", "inputs": {
+            "model": ["2", 0], "vae": ["1", 2], "clip": ["1", 1], "decoder_name": TEST_DECODER,
+            "timestep": 200, "ensemble_size": 2, "precision": "fp32"}},
+        "4": {"class_type": "LoadImage", "inputs": {"image": "icm_reference.png"}},
+        "5": {"class_type": "ICM_EncodeReferenceContext", "inputs": {
+            "icm_model": ["3", 0], "reference": ["4", 0], "mask": ["4", 1], "invert_mask": False, "seed": 0}},
+        "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}},
+    }
+    result = _run_workflow(workflow, models, _write_inputs(tmp_path / "input"), tmp_path)
+    assert result["status"] == "error"
+    message = " ".join(error.get("exception_message", "") for error in result["execution_error"])
+    assert "needs an SD 2.x MODEL" in message and "SD 1.x" in message and "context_dim 768" in message, message
