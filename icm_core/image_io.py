@@ -49,6 +49,7 @@ def save_image_atomic(image: torch.Tensor | np.ndarray | Image.Image, path: str 
     os.close(handle)
     try:
         image.save(temp)
+        os.chmod(temp, 0o644)  # mkstemp creates 0600; outputs are ordinary files
         os.replace(temp, path)
     except BaseException:
         Path(temp).unlink(missing_ok=True)
