@@ -95,6 +95,7 @@ class IconMatting:
         images: ImageLike | Sequence[ImageLike],
         masks: ImageLike | Sequence[ImageLike],
         seed: int = 0,
+        min_coverage: float = 1.0,
     ) -> ReferenceContext:
         """Encode one or several reference images with their RoI masks (run once per batch of targets).
 
@@ -102,36 +103,61 @@ class IconMatting:
             images: one image or a batch/sequence (see :mod:`icm_core.images`).
             masks: one ``[H, W]`` mask per image, at that image's size; > 0.5 is the RoI.
             seed: seed of the ensemble noise.
+            min_coverage: a token is used when at least this fraction of its cell is inside the mask; 1.0 is the
+                official rule (whole cell), smaller values keep thin structures.
         """
         references = image_list(images, "reference image")
         mask_items = list(masks) if isinstance(masks, (list, tuple)) else _split_masks(masks, len(references))
         if len(mask_items) != len(references):
             raise ValueError(f"got {len(references)} reference images but {len(mask_items)} masks; give one each.")
-        side = self.extraction.image_size
-        token_masks, tokens = [], []
+        token_masks = []
         for index, (image, raw_mask) in enumerate(zip(references, mask_items)):
             mask = to_mask(raw_mask, tuple(image.shape[1:]), f"reference mask {index}")
-            square_mask = stretch_to_square(mask[None], side)[0]
-            token_mask = pool_token_mask(square_mask, self.token_grid)
+            token_mask = pool_token_mask(mask, self.token_grid, min_coverage)
             if not token_mask.any():
+                cell = self.extraction.image_size // self.token_grid
                 raise EmptyReferenceError(
-                    f"reference mask {index} selects no reference token: a token needs its whole "
-                    f"{side // self.token_grid}x{side // self.token_grid} px block (at {side}x{side}) inside the "
-                    f"mask, and this mask covers {float((mask > 0.5).float().mean()) * 100:.2f}% of the image. "
-                    "Widen the mask (thin strokes and single points vanish), or expand a point/scribble prompt."
+                    f"reference mask {index} selects no reference token: a token needs "
+                    f"{'its whole' if min_coverage >= 1.0 else f'{min_coverage:.0%} of its'} {cell}x{cell} px cell "
+                    f"(at {self.extraction.image_size}x{self.extraction.image_size}) inside the mask, and this mask "
+                    f"covers {float((mask > 0.5).float().mean()) * 100:.2f}% of the image. Widen the mask (thin "
+                    "strokes and single points vanish), lower the coverage needed, or expand a point/scribble prompt."
+                )
+            token_masks.append(token_mask)
+        return self.encode_reference_tokens(references, token_masks, seed)
+
+    def encode_reference_tokens(
+        self, images: ImageLike | Sequence[ImageLike], token_masks: Sequence[torch.Tensor], seed: int = 0
+    ) -> ReferenceContext:
+        """Like :meth:`encode_reference`, with the token cells given directly: one ``[g, g]`` bool mask per image."""
+        references = image_list(images, "reference image")
+        if len(token_masks) != len(references):
+            raise ValueError(f"got {len(references)} reference images but {len(token_masks)} token masks.")
+        grid, side = self.token_grid, self.extraction.image_size
+        tokens = []
+        for index, (image, token_mask) in enumerate(zip(references, token_masks)):
+            if tuple(token_mask.shape) != (grid, grid) or not token_mask.any():
+                raise EmptyReferenceError(
+                    f"token mask {index} must be a non-empty [{grid}, {grid}] grid, got shape "
+                    f"{tuple(token_mask.shape)} with {int(token_mask.sum())} tokens."
                 )
             square = to_model_range(stretch_to_square(image, side))[None]
             features = extract_features(self.backend, square, self.extraction, seed, record_attention=False)
-            tokens.append(select_reference_tokens(features.high[0].float().cpu(), token_mask))
-            token_masks.append(token_mask)
+            tokens.append(select_reference_tokens(features.high[0].float().cpu(), token_mask.bool().cpu()))
         context = ReferenceContext(
             tokens=torch.cat(tokens),
-            token_masks=torch.stack(token_masks),
+            token_masks=torch.stack([mask.bool().cpu() for mask in token_masks]),
             reference_sizes=tuple(tuple(image.shape[1:]) for image in references),
             fingerprint=self.fingerprint,
         )
         logger.info("reference context: %d references, %d tokens", len(references), context.num_tokens)
         return context
+
+    def reference_attention(self, image: ImageLike, seed: int = 0) -> torch.Tensor:
+        """Self-attention of a reference image on the token grid: ``[g, g, g*g]`` float32 CPU (query, key)."""
+        square = to_model_range(stretch_to_square(image_list(image, "reference image")[0], self.extraction.image_size))
+        features = extract_features(self.backend, square[None], self.extraction, seed, record_attention=True)
+        return features.attention_high[0].float().cpu()
 
     def iter_matte(
         self,

@@ -15,27 +15,56 @@ import torch.nn.functional as F
 _TOKEN_CHUNK = 1024
 
 
-def pool_token_mask(mask: torch.Tensor, grid: int) -> torch.Tensor:
-    """Official reference-token selection: binarise at > 0.5, then *min*-pool to ``grid x grid``.
+def cell_index(length: int, grid: int, device: torch.device | None = None) -> torch.Tensor:
+    """Token cell of every pixel along one axis, by pixel centre: ``floor((i + 0.5) * grid / length)``, ``[length]``.
 
-    A token is selected only if its whole block (``S/grid`` pixels square) is foreground.
+    A cell of the model's square grid covers exactly these pixels of the (stretched) image, whatever its size.
+    """
+    centres = (torch.arange(length, device=device, dtype=torch.float64) + 0.5) * grid / length
+    return centres.floor().long().clamp_(0, grid - 1)
+
+
+def token_coverage(mask: torch.Tensor, grid: int) -> torch.Tensor:
+    """Fraction of each token cell's pixels that are foreground (mask > 0.5), ``[H, W] -> [grid, grid]``.
+
+    For an ``S x S`` mask with S divisible by ``grid`` this is the plain ``S/grid`` block average.
+    """
+    if mask.ndim != 2 or min(mask.shape) < grid:
+        raise ValueError(f"expected a [H, W] mask with both sides >= {grid}, got shape {tuple(mask.shape)}.")
+    binary = (mask > 0.5).to(torch.float64)
+    rows = F.one_hot(cell_index(mask.shape[0], grid, mask.device), grid).to(torch.float64)  # [H, g]
+    cols = F.one_hot(cell_index(mask.shape[1], grid, mask.device), grid).to(torch.float64)  # [W, g]
+    counts = rows.sum(0)[:, None] * cols.sum(0)[None, :]
+    return (rows.T @ binary @ cols / counts).to(torch.float32)
+
+
+def pool_token_mask(mask: torch.Tensor, grid: int, min_coverage: float = 1.0) -> torch.Tensor:
+    """Reference-token selection from a mask: binarise at > 0.5, keep cells covered at least ``min_coverage``.
+
+    ``min_coverage = 1.0`` is the official rule (min-pooling: a token counts only if its whole cell is
+    foreground); smaller values keep thin structures (any coverage: a small positive value).
 
     Args:
-        mask: ``[S, S]`` float in [0, 1] (S divisible by ``grid``).
+        mask: ``[H, W]`` float in [0, 1] at the reference image's size.
         grid: token grid side (48 at 768 px).
 
     Returns:
         ``[grid, grid]`` bool token mask.
     """
-    if mask.ndim != 2 or mask.shape[0] != mask.shape[1] or mask.shape[0] % grid != 0:
-        raise ValueError(
-            f"pool_token_mask expects a square [S, S] mask with S divisible by {grid}, got shape "
-            f"{tuple(mask.shape)}."
-        )
-    block = mask.shape[0] // grid
-    binary = (mask > 0.5).to(torch.float32)[None, None]
-    pooled = -F.max_pool2d(-binary, kernel_size=block, stride=block)
-    return pooled[0, 0] > 0.5
+    if not 0.0 < min_coverage <= 1.0:
+        raise ValueError(f"min_coverage must be in (0, 1], got {min_coverage}")
+    return token_coverage(mask, grid) >= min_coverage - 1e-9
+
+
+def token_mask_to_image(token_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """The pixels of an image of ``size`` (H, W) that belong to the selected cells: ``[g, g] -> [H, W]`` float.
+
+    Exact inverse of :func:`pool_token_mask`: pooling the result (any min_coverage) gives ``token_mask`` back.
+    """
+    grid = token_mask.shape[0]
+    rows = cell_index(size[0], grid, token_mask.device)
+    cols = cell_index(size[1], grid, token_mask.device)
+    return token_mask[rows][:, cols].to(torch.float32)
 
 
 def select_reference_tokens(feature: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
