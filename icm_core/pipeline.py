@@ -19,7 +19,8 @@ from .config import ExtractionConfig, config_fingerprint
 from .features.backend import FeatureBackend, extract_features
 from .images import ImageLike, image_list, restore_size, stretch_to_square, to_mask, to_model_range
 from .modeling.decoder import InContextDecoder
-from .modeling.similarity import pool_token_mask, select_reference_tokens
+from .modeling.similarity import pool_token_mask, select_reference_tokens, token_mask_to_image
+from .prompts import ExpansionConfig, Point, expand_cells, point_cells, scribble_cells
 from .types import UNetFeatures
 
 logger = logging.getLogger(__name__)
@@ -37,16 +38,34 @@ class ReferenceContext:
         token_masks: ``[R, g, g]`` bool, which cells of the g x g grid (S/16) each of the R references uses.
         reference_sizes: ``(H, W)`` of each reference image.
         fingerprint: identifies the model and configuration that produced the tokens.
+        prompt_kind: how the references were marked: ``"mask"``, ``"points"``, ``"scribble"``, ``"mixed"``.
     """
 
     tokens: torch.Tensor
     token_masks: torch.Tensor
     reference_sizes: tuple[tuple[int, int], ...]
     fingerprint: str
+    prompt_kind: str = "mask"
 
     @property
     def num_tokens(self) -> int:
         return int(self.tokens.shape[0])
+
+
+@dataclass(frozen=True)
+class PromptExpansion:
+    """A sparse prompt extended over the reference's token grid.
+
+    Attributes:
+        token_mask: ``[g, g]`` bool cells to use as reference tokens.
+        mask: ``[H, W]`` float 0/1 at the reference's size covering exactly those cells (pooling it gives
+            ``token_mask`` back, so it can go straight into :meth:`IconMatting.encode_reference`).
+        prompt_cells: ``[g, g]`` bool cells hit by the prompt itself (points, scribble).
+    """
+
+    token_mask: torch.Tensor
+    mask: torch.Tensor
+    prompt_cells: torch.Tensor
 
 
 class EmptyReferenceError(ValueError):
@@ -127,7 +146,11 @@ class IconMatting:
         return self.encode_reference_tokens(references, token_masks, seed)
 
     def encode_reference_tokens(
-        self, images: ImageLike | Sequence[ImageLike], token_masks: Sequence[torch.Tensor], seed: int = 0
+        self,
+        images: ImageLike | Sequence[ImageLike],
+        token_masks: Sequence[torch.Tensor],
+        seed: int = 0,
+        prompt_kind: str = "mask",
     ) -> ReferenceContext:
         """Like :meth:`encode_reference`, with the token cells given directly: one ``[g, g]`` bool mask per image."""
         references = image_list(images, "reference image")
@@ -149,9 +172,39 @@ class IconMatting:
             token_masks=torch.stack([mask.bool().cpu() for mask in token_masks]),
             reference_sizes=tuple(tuple(image.shape[1:]) for image in references),
             fingerprint=self.fingerprint,
+            prompt_kind=prompt_kind,
         )
         logger.info("reference context: %d references, %d tokens", len(references), context.num_tokens)
         return context
+
+    def expand_prompt(
+        self,
+        image: ImageLike,
+        positive: Sequence[Point] = (),
+        negative: Sequence[Point] = (),
+        scribble: ImageLike | None = None,
+        config: ExpansionConfig = ExpansionConfig(),
+        seed: int = 0,
+    ) -> PromptExpansion:
+        """Points and/or a scribble on a reference -> the token cells to use (paper §3.6), see :mod:`.prompts`."""
+        reference = image_list(image, "reference image")[0]
+        size = tuple(reference.shape[1:])
+        grid = self.token_grid
+        cells = [point_cells(positive, size, grid, "positive point")]
+        if scribble is not None:
+            cells.append(scribble_cells(to_mask(scribble, size, "scribble"), grid))
+        prompt = torch.cat(cells)
+        if prompt.numel() == 0:
+            raise ValueError("empty prompt: give at least one positive point or a non-empty scribble mask.")
+        negatives = point_cells(negative, size, grid, "negative point")
+        token_mask = expand_cells(self.reference_attention(reference, seed), prompt, negatives, config)
+        if not token_mask.any():
+            raise EmptyReferenceError("the negative points removed every token; move them off the object.")
+        prompt_mask = torch.zeros(grid * grid, dtype=torch.bool)
+        prompt_mask[prompt] = True
+        return PromptExpansion(
+            token_mask=token_mask, mask=token_mask_to_image(token_mask, size), prompt_cells=prompt_mask.view(grid, grid)
+        )
 
     def reference_attention(self, image: ImageLike, seed: int = 0) -> torch.Tensor:
         """Self-attention of a reference image on the token grid: ``[g, g, g*g]`` float32 CPU (query, key)."""
@@ -209,6 +262,10 @@ class IconMatting:
             output = self.decoder(tokens.to(device, dtype), features, square.to(device, dtype))
         return output.alpha
 
+    def check_context(self, context: ReferenceContext) -> None:
+        """Raise unless ``context`` was encoded by this engine's model and configuration."""
+        self._check_context(context)
+
     def _check_context(self, context: ReferenceContext) -> None:
         if not isinstance(context, ReferenceContext):
             raise TypeError(f"expected a ReferenceContext from encode_reference, got {type(context).__name__}")
@@ -217,6 +274,26 @@ class IconMatting:
                 "this reference context was encoded with another model or configuration (fingerprint "
                 f"{context.fingerprint}, this engine {self.fingerprint}); encode the reference again with this one."
             )
+
+
+def combine_contexts(*contexts: ReferenceContext) -> ReferenceContext:
+    """One context from several (paper Table 6: more references, better mattes): tokens are concatenated."""
+    if not contexts:
+        raise ValueError("combine_contexts needs at least one context")
+    fingerprints = {context.fingerprint for context in contexts}
+    if len(fingerprints) != 1:
+        raise ValueError(
+            f"cannot combine contexts encoded with different models or configurations ({sorted(fingerprints)}); "
+            "encode every reference with the same matting model."
+        )
+    kinds = {context.prompt_kind for context in contexts}
+    return ReferenceContext(
+        tokens=torch.cat([context.tokens for context in contexts]),
+        token_masks=torch.cat([context.token_masks for context in contexts]),
+        reference_sizes=tuple(size for context in contexts for size in context.reference_sizes),
+        fingerprint=contexts[0].fingerprint,
+        prompt_kind=kinds.pop() if len(kinds) == 1 else "mixed",
+    )
 
 
 def _split_masks(masks: ImageLike, count: int) -> list[ImageLike]:
