@@ -8,7 +8,7 @@ there, so the package (and ``icm_core``) stays importable without ComfyUI.
 async def comfy_entrypoint():
     """Register the model folder and return the pack's V3 extension."""
     from .nodes.comfy_nodes import InContextMattingExtension
-    from .nodes.model_folder import register_decoder_folder
+    from .nodes.model_folder import register_model_folders
 
-    register_decoder_folder()
+    register_model_folders()
     return InContextMattingExtension()

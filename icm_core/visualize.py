@@ -21,3 +21,12 @@ def token_overlay(image: torch.Tensor, token_mask: torch.Tensor, dim: float = 0.
     tint = torch.tensor([0.2, 1.0, 0.4], device=image.device).view(3, 1, 1)
     used = image * 0.75 + tint * 0.25
     return (cells * used + (1.0 - cells) * image * dim).clamp(0.0, 1.0)
+
+
+def prompt_overlay(image: torch.Tensor, token_mask: torch.Tensor, prompt_cells: torch.Tensor) -> torch.Tensor:
+    """:func:`token_overlay` with the cells hit by the prompt itself painted red: ``[3, H, W]`` in [0, 1]."""
+    shown = token_overlay(image, token_mask)
+    height, width = image.shape[-2:]
+    hit = F.interpolate(prompt_cells[None, None].float(), size=(height, width), mode="nearest")[0].to(image.device)
+    red = torch.tensor([1.0, 0.1, 0.1], device=image.device).view(3, 1, 1)
+    return (hit * (0.4 * shown + 0.6 * red) + (1.0 - hit) * shown).clamp(0.0, 1.0)

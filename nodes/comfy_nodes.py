@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import comfy.model_management as model_management
 import comfy.utils
@@ -11,12 +12,26 @@ import torch
 from comfy_api.latest import ComfyExtension, io
 
 from ..icm_core.config import ExtractionConfig
-from ..icm_core.pipeline import IconMatting, ReferenceContext
-from ..icm_core.visualize import token_overlay
+from ..icm_core.context_io import load_context, save_context
+from ..icm_core.pipeline import IconMatting, ReferenceContext, combine_contexts
+from ..icm_core.prompts import ExpansionConfig, parse_points
+from ..icm_core.visualize import prompt_overlay, token_overlay
 from ..icm_core.weights.decoder import load_decoder
 from .comfy_backend import ComfyFeatureBackend
 from .convert import alphas_to_mask, core_image_to_comfy, image_batch_to_core, mask_list_for_images, rgba_images
-from .spec import APPLY_SPEC, CATEGORY, ENCODE_SPEC, LOAD_SPEC, NodeSpec, Port
+from .spec import (
+    APPLY_SPEC,
+    CATEGORY,
+    COMBINE_SPEC,
+    CONTEXT_FOLDER,
+    ENCODE_SPEC,
+    EXPAND_SPEC,
+    LOAD_CONTEXT_SPEC,
+    LOAD_SPEC,
+    SAVE_CONTEXT_SPEC,
+    NodeSpec,
+    Port,
+)
 
 logger = logging.getLogger(__name__)
 
@@ -48,7 +63,7 @@ def _input(port: Port):
     if port.kind == "BOOLEAN":
         return io.Boolean.Input(port.name, default=port.default, **common)
     if port.kind == "STRING":
-        return io.String.Input(port.name, default=port.default, multiline=True, **common)
+        return io.String.Input(port.name, default=port.default, multiline=port.name.endswith("points"), **common)
     if port.kind == "COMBO":
         options = folder_paths.get_filename_list(port.options_from) if port.options_from else list(port.options)
         return io.Combo.Input(port.name, options=options, default=port.default, **common)
@@ -64,6 +79,7 @@ def build_schema(spec: NodeSpec) -> io.Schema:
         description=spec.description,
         inputs=[_input(port) for port in spec.inputs],
         outputs=[_socket(port.kind).Output(port.name, tooltip=port.tooltip) for port in spec.outputs],
+        is_output_node=spec.is_output_node,
     )
 
 
@@ -99,10 +115,10 @@ class EncodeReferenceContext(io.ComfyNode):
         return build_schema(ENCODE_SPEC)
 
     @classmethod
-    def execute(cls, icm_model: IconMatting, reference, mask, invert_mask, seed) -> io.NodeOutput:
+    def execute(cls, icm_model: IconMatting, reference, mask, invert_mask, seed, min_coverage) -> io.NodeOutput:
         images = image_batch_to_core(reference, "reference")
         masks = mask_list_for_images(mask, images.shape[0], tuple(images.shape[2:]), invert=invert_mask)
-        context = icm_model.encode_reference(list(images), masks, seed=seed)
+        context = icm_model.encode_reference(list(images), masks, seed=seed, min_coverage=min_coverage)
         preview = torch.stack([token_overlay(image[:3], cells) for image, cells in zip(images, context.token_masks)])
         return io.NodeOutput(context, core_image_to_comfy(preview).to(model_management.intermediate_device()))
 
@@ -126,6 +142,72 @@ class ApplyInContextMatte(io.ComfyNode):
         return io.NodeOutput(alpha, rgba_images(images, alpha))
 
 
+class ExpandPointPrompt(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(EXPAND_SPEC)
+
+    @classmethod
+    def execute(
+        cls, icm_model: IconMatting, reference, positive_points, negative_points, top_m, relative_threshold, seed,
+        scribble=None,
+    ) -> io.NodeOutput:
+        images = image_batch_to_core(reference, "reference")
+        if images.shape[0] != 1:
+            raise ValueError(f"Expand Point Prompt takes one reference image, got a batch of {images.shape[0]}.")
+        size = tuple(images.shape[2:])
+        scribble_mask = None if scribble is None else mask_list_for_images(scribble, 1, size)[0]
+        expansion = icm_model.expand_prompt(
+            images[0],
+            positive=parse_points(positive_points, "positive_points"),
+            negative=parse_points(negative_points, "negative_points"),
+            scribble=scribble_mask,
+            config=ExpansionConfig(top_m=top_m, relative_threshold=relative_threshold or None),
+            seed=seed,
+        )
+        preview = prompt_overlay(images[0, :3], expansion.token_mask, expansion.prompt_cells)
+        device = model_management.intermediate_device()
+        return io.NodeOutput(expansion.mask[None].to(device), core_image_to_comfy(preview[None]).to(device))
+
+
+class CombineReferenceContexts(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(COMBINE_SPEC)
+
+    @classmethod
+    def execute(cls, context_1, context_2, context_3=None, context_4=None) -> io.NodeOutput:
+        contexts = [c for c in (context_1, context_2, context_3, context_4) if c is not None]
+        return io.NodeOutput(combine_contexts(*contexts))
+
+
+class SaveReferenceContext(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(SAVE_CONTEXT_SPEC)
+
+    @classmethod
+    def execute(cls, context: ReferenceContext, filename_prefix) -> io.NodeOutput:
+        root = os.path.join(folder_paths.get_output_directory(), CONTEXT_FOLDER)
+        folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, root)
+        path = save_context(context, os.path.join(folder, f"{name}_{counter:05}_.safetensors"))
+        logger.info("saved reference context to %s", path)
+        return io.NodeOutput()
+
+
+class LoadReferenceContext(io.ComfyNode):
+    @classmethod
+    def define_schema(cls) -> io.Schema:
+        return build_schema(LOAD_CONTEXT_SPEC)
+
+    @classmethod
+    def execute(cls, context_name) -> io.NodeOutput:
+        return io.NodeOutput(load_context(folder_paths.get_full_path_or_raise(CONTEXT_FOLDER, context_name)))
+
+
 class InContextMattingExtension(ComfyExtension):
     async def get_node_list(self) -> list[type[io.ComfyNode]]:
-        return [LoadIconMatting, EncodeReferenceContext, ApplyInContextMatte]
+        return [
+            LoadIconMatting, EncodeReferenceContext, ExpandPointPrompt, ApplyInContextMatte,
+            CombineReferenceContexts, SaveReferenceContext, LoadReferenceContext,
+        ]

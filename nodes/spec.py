@@ -14,11 +14,15 @@ CATEGORY = "image/matting/In-Context Matting"
 ICM_MODEL = "ICM_MODEL"
 ICM_CONTEXT = "ICM_CONTEXT"
 DECODER_FOLDER = "icm"
+CONTEXT_FOLDER = "icm_contexts"
 
 LOAD_ID = "ICM_LoadIconMatting"
 ENCODE_ID = "ICM_EncodeReferenceContext"
-EXPAND_ID = "ICM_ExpandPointPrompt"  # reserved for the point/scribble prompt node
+EXPAND_ID = "ICM_ExpandPointPrompt"
 APPLY_ID = "ICM_ApplyInContextMatte"
+COMBINE_ID = "ICM_CombineReferenceContexts"
+SAVE_CONTEXT_ID = "ICM_SaveReferenceContext"
+LOAD_CONTEXT_ID = "ICM_LoadReferenceContext"
 
 MAX_SEED = 2**63 - 1
 
@@ -51,6 +55,7 @@ class NodeSpec:
     description: str
     inputs: tuple[Port, ...]
     outputs: tuple[Port, ...] = field(default_factory=tuple)
+    is_output_node: bool = False
 
 
 LOAD_SPEC = NodeSpec(
@@ -94,6 +99,9 @@ ENCODE_SPEC = NodeSpec(
         Port("invert_mask", "BOOLEAN", "Invert the mask first. Turn on when the reference is a cut-out PNG "
              "whose alpha marks the thing (Load Image gives 1 - alpha).", default=False),
         Port("seed", "INT", "Seed of the diffusion noise.", default=0, minimum=0, maximum=MAX_SEED, step=1),
+        Port("min_coverage", "FLOAT", "A token is used when this fraction of its 16x16 cell (at 768 px) is inside "
+             "the mask. 1.0 = the official rule (whole cells); lower keeps thin structures.", default=1.0,
+             minimum=0.01, maximum=1.0, step=0.01, advanced=True),
     ),
     outputs=(
         Port("context", ICM_CONTEXT, "The reference context: connect to Apply In-Context Matte."),
@@ -120,4 +128,69 @@ APPLY_SPEC = NodeSpec(
     ),
 )
 
-NODE_SPECS: tuple[NodeSpec, ...] = (LOAD_SPEC, ENCODE_SPEC, APPLY_SPEC)
+EXPAND_SPEC = NodeSpec(
+    node_id=EXPAND_ID,
+    display_name="Expand Point Prompt",
+    description="Turns a few clicks and/or a scribble on the reference into a region mask: each prompt cell is "
+    "extended with the cells the reference's own self-attention links it to (paper §3.6). Feed the mask to "
+    "Encode Reference Context.",
+    inputs=(
+        Port("icm_model", ICM_MODEL, "From Load IconMatting."),
+        Port("reference", "IMAGE", "The reference image (one image)."),
+        Port("positive_points", "STRING", 'Clicks on the thing, as JSON [{"x": .., "y": ..}, ...] in the '
+             "reference's pixels (the Points Editor / SAM3 format). Can be empty when a scribble is given.",
+             default="[]"),
+        Port("negative_points", "STRING", "Clicks on what is NOT the thing (same JSON); they remove their cells "
+             "and what they attend to more than the positive clicks do.", default="[]"),
+        Port("top_m", "INT", "Cells added per prompt cell (its strongest self-attention responses).",
+             default=16, minimum=0, maximum=512, step=1),
+        Port("relative_threshold", "FLOAT", "Also require a response of at least this fraction of the prompt "
+             "cell's strongest one; 0 turns it off.", default=0.0, minimum=0.0, maximum=1.0, step=0.01,
+             advanced=True),
+        Port("seed", "INT", "Seed of the diffusion noise.", default=0, minimum=0, maximum=MAX_SEED, step=1),
+        Port("scribble", "MASK", "Optional strokes on the thing (any pixel counts), at the reference's size.",
+             optional=True),
+    ),
+    outputs=(
+        Port("mask", "MASK", "The expanded region at the reference's size, ready for Encode Reference Context."),
+        Port("preview", "IMAGE", "The reference with the expanded cells highlighted and the prompt cells in red."),
+    ),
+)
+
+COMBINE_SPEC = NodeSpec(
+    node_id=COMBINE_ID,
+    display_name="Combine Reference Contexts",
+    description="Pools the marked tokens of several reference contexts into one (more references, better "
+    "mattes). All must come from the same matting model.",
+    inputs=(
+        Port("context_1", ICM_CONTEXT, "A reference context."),
+        Port("context_2", ICM_CONTEXT, "Another reference context."),
+        Port("context_3", ICM_CONTEXT, "Optional third context.", optional=True),
+        Port("context_4", ICM_CONTEXT, "Optional fourth context.", optional=True),
+    ),
+    outputs=(Port("context", ICM_CONTEXT, "The combined context."),),
+)
+
+SAVE_CONTEXT_SPEC = NodeSpec(
+    node_id=SAVE_CONTEXT_ID,
+    display_name="Save Reference Context",
+    description="Saves a reference context to output/icm_contexts as .safetensors, to reuse it later without the "
+    "reference image (only with the same matting model and settings).",
+    inputs=(
+        Port("context", ICM_CONTEXT, "The context to save."),
+        Port("filename_prefix", "STRING", "File name prefix inside output/icm_contexts.", default="icm_context"),
+    ),
+    is_output_node=True,
+)
+
+LOAD_CONTEXT_SPEC = NodeSpec(
+    node_id=LOAD_CONTEXT_ID,
+    display_name="Load Reference Context",
+    description="Loads a saved reference context (from output/icm_contexts or models/icm_contexts).",
+    inputs=(Port("context_name", "COMBO", "A saved .safetensors context.", options_from=CONTEXT_FOLDER),),
+    outputs=(Port("context", ICM_CONTEXT, "The saved context: connect to Apply In-Context Matte."),),
+)
+
+NODE_SPECS: tuple[NodeSpec, ...] = (
+    LOAD_SPEC, ENCODE_SPEC, EXPAND_SPEC, APPLY_SPEC, COMBINE_SPEC, SAVE_CONTEXT_SPEC, LOAD_CONTEXT_SPEC,
+)

@@ -112,15 +112,38 @@ def _write_inputs(folder: Path) -> Path:
     return folder
 
 
-def _run_workflow(workflow: dict, models: Path, inputs: Path, tmp_path: Path) -> dict:
+def _run_workflow(workflow: dict, models: Path, inputs: Path, tmp_path: Path, workdir: Path | None = None) -> dict:
     path = tmp_path / "workflow_api.json"
     path.write_text(json.dumps(workflow))
-    process = subprocess.run(
-        [sys.executable, str(_toolkit() / "run_workflow.py"), "--custom-node", str(REPO), "--workflow", str(path),
-         "--input-dir", str(inputs), "--models-dir", str(models), "--timeout", "900"],
-        env=_toolkit_env(models), capture_output=True, text=True,
-    )
+    command = [sys.executable, str(_toolkit() / "run_workflow.py"), "--custom-node", str(REPO), "--workflow", str(path),
+               "--input-dir", str(inputs), "--models-dir", str(models), "--timeout", "900"]
+    if workdir is not None:
+        command += ["--workdir", str(workdir)]
+    process = subprocess.run(command, env=_toolkit_env(models), capture_output=True, text=True)
     return json.loads(process.stdout)
+
+
+def _matting_nodes(reference_mask: list, extra: dict | None = None) -> dict:
+    """Checkpoint -> Load IconMatting; targets batched -> Apply; alpha saved. ``reference_mask`` feeds Encode."""
+    graph = {
+        "1": {"class_type": "CheckpointLoaderSimple", "inputs": {"ckpt_name": TEST_CHECKPOINT}},
+        "2": {"class_type": "ICM_LoadIconMatting", "inputs": {
+            "model": ["1", 0], "vae": ["1", 2], "clip": ["1", 1], "decoder_name": TEST_DECODER,
+            "timestep": 200, "ensemble_size": 2, "precision": "fp32"}},
+        "3": {"class_type": "LoadImage", "inputs": {"image": "icm_reference.png"}},
+        "4": {"class_type": "ICM_EncodeReferenceContext", "inputs": {
+            "icm_model": ["2", 0], "reference": ["3", 0], "mask": reference_mask, "invert_mask": False, "seed": 0,
+            "min_coverage": 1.0}},
+        "5": {"class_type": "LoadImage", "inputs": {"image": "icm_target_1.png"}},
+        "6": {"class_type": "LoadImage", "inputs": {"image": "icm_target_2.png"}},
+        "7": {"class_type": "ImageBatch", "inputs": {"image1": ["5", 0], "image2": ["6", 0]}},
+        "8": {"class_type": "ICM_ApplyInContextMatte", "inputs": {
+            "icm_model": ["2", 0], "context": ["4", 0], "images": ["7", 0], "batch_size": 2, "seed": 0}},
+        "9": {"class_type": "MaskToImage", "inputs": {"mask": ["8", 0]}},
+        "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "alpha"}},
+    }
+    graph.update(extra or {})
+    return graph
 
 
 def _for_test_models(workflow: dict) -> dict:
@@ -183,6 +206,7 @@ def test_ui_workflows_validate_against_the_live_catalogue(models, tmp_path, pack
         entry = info[spec.node_id]
         assert entry["display_name"] == spec.display_name
         assert entry["input_order"]["required"] == [port.name for port in spec.inputs if not port.optional]
+        assert entry["input_order"].get("optional", []) == [port.name for port in spec.inputs if port.optional]
         assert entry["output_name"] == [port.name for port in spec.outputs]
     ui_files = sorted(str(p) for p in (REPO / "workflows").glob("*.json"))
     assert ui_files
@@ -209,3 +233,36 @@ def test_non_sd2_model_is_refused_with_a_clear_message(models, tmp_path):
     assert result["status"] == "error"
     message = " ".join(error.get("exception_message", "") for error in result["execution_error"])
     assert "needs an SD 2.x MODEL" in message and "SD 1.x" in message and "context_dim 768" in message, message
+
+
+def test_points_on_a_reference_matte_a_batch(models, tmp_path):
+    points = json.dumps([{"x": 120, "y": 100}, {"x": 150, "y": 90}])
+    workflow = _matting_nodes(["11", 0], {
+        "11": {"class_type": "ICM_ExpandPointPrompt", "inputs": {
+            "icm_model": ["2", 0], "reference": ["3", 0], "positive_points": points,
+            "negative_points": json.dumps([{"x": 10, "y": 10}]), "top_m": 16, "relative_threshold": 0.0, "seed": 0}},
+        "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 1], "filename_prefix": "expand_preview"}},
+    })
+    result = _run_workflow(workflow, models, _write_inputs(tmp_path / "input"), tmp_path)
+    assert result["status"] == "success", json.dumps(result.get("execution_error"))[:4000]
+    assert len([f for f in result["files"] if "alpha" in f["path"]]) == 2
+    assert len([f for f in result["files"] if "expand_preview" in f["path"]]) == 1
+
+
+def test_saved_context_is_reused_by_a_later_run(models, tmp_path):
+    inputs = _write_inputs(tmp_path / "input")
+    workdir = tmp_path / "comfy_base"
+    save = _matting_nodes(["3", 1], {
+        "11": {"class_type": "ICM_SaveReferenceContext", "inputs": {"context": ["4", 0], "filename_prefix": "toy"}},
+    })
+    first = _run_workflow(save, models, inputs, tmp_path, workdir)
+    assert first["status"] == "success", json.dumps(first.get("execution_error"))[:4000]
+    saved = sorted((workdir / "output" / "icm_contexts").glob("toy_*.safetensors"))
+    assert len(saved) == 1
+    reuse = _matting_nodes(["3", 1], {
+        "11": {"class_type": "ICM_LoadReferenceContext", "inputs": {"context_name": saved[0].name}},
+        "12": {"class_type": "ICM_CombineReferenceContexts", "inputs": {"context_1": ["11", 0], "context_2": ["4", 0]}},
+    })
+    reuse["8"]["inputs"]["context"] = ["12", 0]
+    second = _run_workflow(reuse, models, inputs, tmp_path, workdir)
+    assert second["status"] == "success", json.dumps(second.get("execution_error"))[:4000]

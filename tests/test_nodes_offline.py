@@ -35,8 +35,27 @@ FROZEN = {
     "ICM_EncodeReferenceContext": (
         "Encode Reference Context",
         [("icm_model", "ICM_MODEL"), ("reference", "IMAGE"), ("mask", "MASK"), ("invert_mask", "BOOLEAN"),
-         ("seed", "INT")],
+         ("seed", "INT"), ("min_coverage", "FLOAT")],
         [("context", "ICM_CONTEXT"), ("preview", "IMAGE")],
+    ),
+    "ICM_ExpandPointPrompt": (
+        "Expand Point Prompt",
+        [("icm_model", "ICM_MODEL"), ("reference", "IMAGE"), ("positive_points", "STRING"),
+         ("negative_points", "STRING"), ("top_m", "INT"), ("relative_threshold", "FLOAT"), ("seed", "INT"),
+         ("scribble", "MASK")],
+        [("mask", "MASK"), ("preview", "IMAGE")],
+    ),
+    "ICM_CombineReferenceContexts": (
+        "Combine Reference Contexts",
+        [("context_1", "ICM_CONTEXT"), ("context_2", "ICM_CONTEXT"), ("context_3", "ICM_CONTEXT"),
+         ("context_4", "ICM_CONTEXT")],
+        [("context", "ICM_CONTEXT")],
+    ),
+    "ICM_SaveReferenceContext": (
+        "Save Reference Context", [("context", "ICM_CONTEXT"), ("filename_prefix", "STRING")], [],
+    ),
+    "ICM_LoadReferenceContext": (
+        "Load Reference Context", [("context_name", "COMBO")], [("context", "ICM_CONTEXT")],
     ),
     "ICM_ApplyInContextMatte": (
         "Apply In-Context Matte",
@@ -54,7 +73,6 @@ def test_node_interface_is_frozen(spec):
         assert node.display_name == display
         assert [(p.name, p.kind) for p in node.inputs] == inputs
         assert [(p.name, p.kind) for p in node.outputs] == outputs
-    assert spec.EXPAND_ID == "ICM_ExpandPointPrompt"  # reserved for "Expand Point Prompt"
 
 
 def test_every_port_has_a_tooltip_and_expert_knobs_are_advanced(spec):
@@ -65,6 +83,7 @@ def test_every_port_has_a_tooltip_and_expert_knobs_are_advanced(spec):
     assert advanced == {
         ("ICM_LoadIconMatting", "timestep"), ("ICM_LoadIconMatting", "ensemble_size"),
         ("ICM_LoadIconMatting", "precision"), ("ICM_ApplyInContextMatte", "batch_size"),
+        ("ICM_EncodeReferenceContext", "min_coverage"), ("ICM_ExpandPointPrompt", "relative_threshold"),
     }
     load = {p.name: p for p in spec.LOAD_SPEC.inputs}
     assert (load["timestep"].default, load["ensemble_size"].default) == (200, 4)
