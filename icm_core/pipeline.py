@@ -10,14 +10,17 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import logging
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 
 from .config import ExtractionConfig, config_fingerprint
 from .features.backend import FeatureBackend, extract_features
-from .images import ImageLike, image_list, restore_size, stretch_to_square, to_mask, to_model_range
+from .fit import Placement, aligned_alpha, from_square, placement, to_square
+from .images import ImageLike, image_list, to_mask, to_model_range, to_rgb
+from .postprocess import refine_alpha
 from .modeling.decoder import InContextDecoder
 from .modeling.similarity import pool_token_mask, select_reference_tokens, token_mask_to_image
 from .prompts import ExpansionConfig, Point, expand_cells, point_cells, scribble_cells
@@ -50,6 +53,19 @@ class ReferenceContext:
     @property
     def num_tokens(self) -> int:
         return int(self.tokens.shape[0])
+
+
+@dataclass(frozen=True)
+class RefinementConfig:
+    """Full-resolution edge refinement (fast guided filter driven by the original image).
+
+    Attributes:
+        radius: window radius in full-resolution pixels; None picks a 3x3 window on the model's grid.
+        eps: regularisation; larger values smooth more.
+    """
+
+    radius: int | None = None
+    eps: float = 1e-4
 
 
 @dataclass(frozen=True)
@@ -115,6 +131,7 @@ class IconMatting:
         masks: ImageLike | Sequence[ImageLike],
         seed: int = 0,
         min_coverage: float = 1.0,
+        fit: str = "stretch",
     ) -> ReferenceContext:
         """Encode one or several reference images with their RoI masks (run once per batch of targets).
 
@@ -124,6 +141,7 @@ class IconMatting:
             seed: seed of the ensemble noise.
             min_coverage: a token is used when at least this fraction of its cell is inside the mask; 1.0 is the
                 official rule (whole cell), smaller values keep thin structures.
+            fit: how the reference is brought to the model's square (see :mod:`icm_core.fit`).
         """
         references = image_list(images, "reference image")
         mask_items = list(masks) if isinstance(masks, (list, tuple)) else _split_masks(masks, len(references))
@@ -132,7 +150,8 @@ class IconMatting:
         token_masks = []
         for index, (image, raw_mask) in enumerate(zip(references, mask_items)):
             mask = to_mask(raw_mask, tuple(image.shape[1:]), f"reference mask {index}")
-            token_mask = pool_token_mask(mask, self.token_grid, min_coverage)
+            rows, cols = self._cells(image, fit)
+            token_mask = pool_token_mask(mask, self.token_grid, min_coverage, rows, cols)
             if not token_mask.any():
                 cell = self.extraction.image_size // self.token_grid
                 raise EmptyReferenceError(
@@ -143,7 +162,7 @@ class IconMatting:
                     "strokes and single points vanish), lower the coverage needed, or expand a point/scribble prompt."
                 )
             token_masks.append(token_mask)
-        return self.encode_reference_tokens(references, token_masks, seed)
+        return self.encode_reference_tokens(references, token_masks, seed, fit=fit)
 
     def encode_reference_tokens(
         self,
@@ -151,12 +170,13 @@ class IconMatting:
         token_masks: Sequence[torch.Tensor],
         seed: int = 0,
         prompt_kind: str = "mask",
+        fit: str = "stretch",
     ) -> ReferenceContext:
         """Like :meth:`encode_reference`, with the token cells given directly: one ``[g, g]`` bool mask per image."""
         references = image_list(images, "reference image")
         if len(token_masks) != len(references):
             raise ValueError(f"got {len(references)} reference images but {len(token_masks)} token masks.")
-        grid, side = self.token_grid, self.extraction.image_size
+        grid = self.token_grid
         tokens = []
         for index, (image, token_mask) in enumerate(zip(references, token_masks)):
             if tuple(token_mask.shape) != (grid, grid) or not token_mask.any():
@@ -164,7 +184,7 @@ class IconMatting:
                     f"token mask {index} must be a non-empty [{grid}, {grid}] grid, got shape "
                     f"{tuple(token_mask.shape)} with {int(token_mask.sum())} tokens."
                 )
-            square = to_model_range(stretch_to_square(image, side))[None]
+            square = self._square(image, fit)[None]
             features = extract_features(self.backend, square, self.extraction, seed, record_attention=False)
             tokens.append(select_reference_tokens(features.high[0].float().cpu(), token_mask.bool().cpu()))
         context = ReferenceContext(
@@ -185,72 +205,102 @@ class IconMatting:
         scribble: ImageLike | None = None,
         config: ExpansionConfig = ExpansionConfig(),
         seed: int = 0,
+        fit: str = "stretch",
     ) -> PromptExpansion:
         """Points and/or a scribble on a reference -> the token cells to use (paper §3.6), see :mod:`.prompts`."""
         reference = image_list(image, "reference image")[0]
         size = tuple(reference.shape[1:])
         grid = self.token_grid
-        cells = [point_cells(positive, size, grid, "positive point")]
+        rows, cols = self._cells(reference, fit)
+        cells = [point_cells(positive, size, grid, "positive point", rows, cols)]
         if scribble is not None:
-            cells.append(scribble_cells(to_mask(scribble, size, "scribble"), grid))
+            cells.append(scribble_cells(to_mask(scribble, size, "scribble"), grid, rows, cols))
         prompt = torch.cat(cells)
         if prompt.numel() == 0:
             raise ValueError("empty prompt: give at least one positive point or a non-empty scribble mask.")
-        negatives = point_cells(negative, size, grid, "negative point")
-        token_mask = expand_cells(self.reference_attention(reference, seed), prompt, negatives, config)
+        negatives = point_cells(negative, size, grid, "negative point", rows, cols)
+        token_mask = expand_cells(self.reference_attention(reference, seed, fit), prompt, negatives, config)
         if not token_mask.any():
             raise EmptyReferenceError("the negative points removed every token; move them off the object.")
         prompt_mask = torch.zeros(grid * grid, dtype=torch.bool)
         prompt_mask[prompt] = True
         return PromptExpansion(
-            token_mask=token_mask, mask=token_mask_to_image(token_mask, size), prompt_cells=prompt_mask.view(grid, grid)
+            token_mask=token_mask,
+            mask=token_mask_to_image(token_mask, size, rows, cols),
+            prompt_cells=prompt_mask.view(grid, grid),
         )
 
-    def reference_attention(self, image: ImageLike, seed: int = 0) -> torch.Tensor:
+    def reference_attention(self, image: ImageLike, seed: int = 0, fit: str = "stretch") -> torch.Tensor:
         """Self-attention of a reference image on the token grid: ``[g, g, g*g]`` float32 CPU (query, key)."""
-        square = to_model_range(stretch_to_square(image_list(image, "reference image")[0], self.extraction.image_size))
+        square = self._square(image_list(image, "reference image")[0], fit)
         features = extract_features(self.backend, square[None], self.extraction, seed, record_attention=True)
         return features.attention_high[0].float().cpu()
 
     def iter_matte(
         self,
         context: ReferenceContext,
-        images: ImageLike | Sequence[ImageLike],
+        images: ImageLike | Iterable[ImageLike],
         seed: int = 0,
         batch_size: int = 4,
         progress: ProgressCallback | None = None,
+        fit: str = "stretch",
+        refinement: RefinementConfig | None = None,
     ) -> Iterator[tuple[int, torch.Tensor]]:
         """Yield ``(index, alpha [H, W] float32 CPU in [0, 1])`` per target, in input order.
 
-        Targets go through the UNet ``batch_size`` at a time; peak memory depends on ``batch_size`` only.
+        ``images`` may be any iterable (a generator reading files, video frames, ...): it is consumed one
+        micro-batch of ``batch_size`` targets at a time, so peak memory depends on ``batch_size``, not on the
+        number of targets. ``refinement`` sharpens the alpha at full resolution, guided by the image.
         """
         self._check_context(context)
         if batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
-        targets = image_list(images, "target image")
-        side = self.extraction.image_size
+        total = len(images) if hasattr(images, "__len__") and not isinstance(images, torch.Tensor) else None
+        if isinstance(images, torch.Tensor):
+            total = images.shape[0] if images.ndim == 4 else 1
         done = 0
-        for start in range(0, len(targets), batch_size):
-            chunk = targets[start : start + batch_size]
-            square = torch.stack([to_model_range(stretch_to_square(image, side)) for image in chunk])
-            alphas = self._matte_squares(context.tokens, square, seed)
-            for offset, (image, alpha) in enumerate(zip(chunk, alphas)):
-                restored = restore_size(alpha[None].float(), tuple(image.shape[1:]))
-                yield start + offset, restored[0, 0].cpu()
+        for start, chunk in _micro_batches(images, batch_size):
+            placements = [placement(*image.shape[1:], self.extraction.image_size, fit) for image in chunk]
+            square = torch.stack([to_model_range(to_square(image, where)) for image, where in zip(chunk, placements)])
+            alphas = self._matte_squares(context.tokens, square, seed).float()
+            for offset, (image, alpha, where) in enumerate(zip(chunk, alphas, placements)):
+                yield start + offset, self._restore(alpha[None], image, where, refinement)
             done += len(chunk)
             if progress is not None:
-                progress(done, len(targets))
+                progress(done, total if total is not None else done)
 
     def matte(
         self,
         context: ReferenceContext,
-        images: ImageLike | Sequence[ImageLike],
+        images: ImageLike | Iterable[ImageLike],
         seed: int = 0,
         batch_size: int = 4,
         progress: ProgressCallback | None = None,
+        fit: str = "stretch",
+        refinement: RefinementConfig | None = None,
     ) -> list[torch.Tensor]:
         """Alpha mattes ``[H, W]`` (float32 CPU, [0, 1]) of every target, in input order. See :meth:`iter_matte`."""
-        return [alpha for _, alpha in self.iter_matte(context, images, seed, batch_size, progress)]
+        return [alpha for _, alpha in self.iter_matte(context, images, seed, batch_size, progress, fit, refinement)]
+
+    def _square(self, image: torch.Tensor, fit: str) -> torch.Tensor:
+        where = placement(*image.shape[1:], self.extraction.image_size, fit)
+        return to_model_range(to_square(image, where))
+
+    def _cells(self, image: torch.Tensor, fit: str) -> tuple[torch.Tensor, torch.Tensor]:
+        where = placement(*image.shape[1:], self.extraction.image_size, fit)
+        return where.cell_rows(self.token_grid), where.cell_cols(self.token_grid)
+
+    @staticmethod
+    def _restore(
+        alpha: torch.Tensor, image: torch.Tensor, where: Placement, refinement: RefinementConfig | None
+    ) -> torch.Tensor:
+        """``[1, 1, S, S]`` -> ``[H, W]`` CPU float32, optionally refined at full resolution."""
+        if refinement is None:
+            return from_square(alpha, where)[0, 0].cpu()
+        coarse = aligned_alpha(alpha, where)
+        guide = image[:3].to(coarse.device, torch.float32)[None]
+        refined = refine_alpha(coarse, guide, radius=refinement.radius, eps=refinement.eps)
+        return refined[0, 0].float().cpu()
 
     def _matte_squares(self, tokens: torch.Tensor, square: torch.Tensor, seed: int) -> torch.Tensor:
         """Reference tokens ``[K, C]`` + targets ``[n, 3, S, S]`` in [-1, 1] -> ``[n, 1, S, S]`` alpha."""
@@ -294,6 +344,24 @@ def combine_contexts(*contexts: ReferenceContext) -> ReferenceContext:
         fingerprint=contexts[0].fingerprint,
         prompt_kind=kinds.pop() if len(kinds) == 1 else "mixed",
     )
+
+
+def _micro_batches(
+    images: ImageLike | Iterable[ImageLike], batch_size: int
+) -> Iterator[tuple[int, list[torch.Tensor]]]:
+    """``(start index, [3, H, W] images)`` per micro-batch, converting lazily; errors name the target's index."""
+    single = isinstance(images, (torch.Tensor, np.ndarray)) and images.ndim < 4
+    if single or not isinstance(images, Iterable):
+        images = [images]
+    chunk: list[torch.Tensor] = []
+    start = 0
+    for index, image in enumerate(images):
+        chunk.append(to_rgb(image, f"target image {index}"))
+        if len(chunk) == batch_size:
+            yield start, chunk
+            start, chunk = index + 1, []
+    if chunk:
+        yield start, chunk
 
 
 def _split_masks(masks: ImageLike, count: int) -> list[ImageLike]:

@@ -83,9 +83,22 @@ def parse_points(text: str | None, what: str = "points") -> tuple[Point, ...]:
     return tuple(points)
 
 
-def point_cells(points: Sequence[Point], size: tuple[int, int], grid: int, what: str = "point") -> torch.Tensor:
-    """Token index (``y_cell * grid + x_cell``) of each point of an image of ``size`` (H, W): ``[P]`` int64."""
+def point_cells(
+    points: Sequence[Point],
+    size: tuple[int, int],
+    grid: int,
+    what: str = "point",
+    rows: torch.Tensor | None = None,
+    cols: torch.Tensor | None = None,
+) -> torch.Tensor:
+    """Token index (``y_cell * grid + x_cell``) of each point of an image of ``size`` (H, W): ``[P]`` int64.
+
+    ``rows`` / ``cols``: the cell of every image row / column (default: the stretch fit); a point in a part of the
+    image the model does not see (outside a crop) is an error.
+    """
     height, width = size
+    rows = cell_index(height, grid) if rows is None else rows
+    cols = cell_index(width, grid) if cols is None else cols
     indices = []
     for index, point in enumerate(points):
         if not (0 <= point.x < width and 0 <= point.y < height):
@@ -93,8 +106,9 @@ def point_cells(points: Sequence[Point], size: tuple[int, int], grid: int, what:
                 f"{what} {index} at (x={point.x:g}, y={point.y:g}) is outside the {width}x{height} px reference "
                 "image; points are pixel coordinates of the reference image."
             )
-        column = int(cell_index(width, grid)[int(point.x)])
-        row = int(cell_index(height, grid)[int(point.y)])
+        row, column = int(rows[int(point.y)]), int(cols[int(point.x)])
+        if row < 0 or column < 0:
+            raise ValueError(f"{what} {index} at (x={point.x:g}, y={point.y:g}) lies outside the cropped area.")
         indices.append(row * grid + column)
     return torch.tensor(indices, dtype=torch.int64)
 
@@ -148,7 +162,9 @@ def _responses(rows: torch.Tensor, config: ExpansionConfig) -> torch.Tensor:
     return chosen
 
 
-def scribble_cells(scribble: torch.Tensor, grid: int) -> torch.Tensor:
+def scribble_cells(
+    scribble: torch.Tensor, grid: int, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None
+) -> torch.Tensor:
     """Token indices of every cell a scribble touches (any coverage): ``[H, W] -> [S]`` int64."""
-    cells = pool_token_mask(scribble, grid, min_coverage=1e-6)
+    cells = pool_token_mask(scribble, grid, min_coverage=1e-6, rows=rows, cols=cols)
     return cells.flatten().nonzero().flatten()

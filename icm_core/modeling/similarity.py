@@ -24,21 +24,34 @@ def cell_index(length: int, grid: int, device: torch.device | None = None) -> to
     return centres.floor().long().clamp_(0, grid - 1)
 
 
-def token_coverage(mask: torch.Tensor, grid: int) -> torch.Tensor:
+def token_coverage(
+    mask: torch.Tensor, grid: int, rows: torch.Tensor | None = None, cols: torch.Tensor | None = None
+) -> torch.Tensor:
     """Fraction of each token cell's pixels that are foreground (mask > 0.5), ``[H, W] -> [grid, grid]``.
 
-    For an ``S x S`` mask with S divisible by ``grid`` this is the plain ``S/grid`` block average.
+    ``rows`` / ``cols`` give the cell of every image row / column (-1: outside the model's square); by default the
+    stretch fit's :func:`cell_index`. For an ``S x S`` mask with S divisible by ``grid`` this is the plain block
+    average. Cells no pixel falls into have coverage 0.
     """
-    if mask.ndim != 2 or min(mask.shape) < grid:
-        raise ValueError(f"expected a [H, W] mask with both sides >= {grid}, got shape {tuple(mask.shape)}.")
+    if mask.ndim != 2:
+        raise ValueError(f"expected a [H, W] mask, got shape {tuple(mask.shape)}.")
+    rows = cell_index(mask.shape[0], grid, mask.device) if rows is None else rows.to(mask.device)
+    cols = cell_index(mask.shape[1], grid, mask.device) if cols is None else cols.to(mask.device)
     binary = (mask > 0.5).to(torch.float64)
-    rows = F.one_hot(cell_index(mask.shape[0], grid, mask.device), grid).to(torch.float64)  # [H, g]
-    cols = F.one_hot(cell_index(mask.shape[1], grid, mask.device), grid).to(torch.float64)  # [W, g]
-    counts = rows.sum(0)[:, None] * cols.sum(0)[None, :]
-    return (rows.T @ binary @ cols / counts).to(torch.float32)
+    row_onehot = F.one_hot(rows.clamp(min=0), grid).to(torch.float64) * (rows >= 0)[:, None]  # [H, g]
+    col_onehot = F.one_hot(cols.clamp(min=0), grid).to(torch.float64) * (cols >= 0)[:, None]  # [W, g]
+    counts = row_onehot.sum(0)[:, None] * col_onehot.sum(0)[None, :]
+    covered = row_onehot.T @ binary @ col_onehot
+    return torch.where(counts > 0, covered / counts.clamp(min=1), torch.zeros_like(covered)).to(torch.float32)
 
 
-def pool_token_mask(mask: torch.Tensor, grid: int, min_coverage: float = 1.0) -> torch.Tensor:
+def pool_token_mask(
+    mask: torch.Tensor,
+    grid: int,
+    min_coverage: float = 1.0,
+    rows: torch.Tensor | None = None,
+    cols: torch.Tensor | None = None,
+) -> torch.Tensor:
     """Reference-token selection from a mask: binarise at > 0.5, keep cells covered at least ``min_coverage``.
 
     ``min_coverage = 1.0`` is the official rule (min-pooling: a token counts only if its whole cell is
@@ -47,24 +60,33 @@ def pool_token_mask(mask: torch.Tensor, grid: int, min_coverage: float = 1.0) ->
     Args:
         mask: ``[H, W]`` float in [0, 1] at the reference image's size.
         grid: token grid side (48 at 768 px).
+        rows, cols: cell of every image row / column (see :func:`token_coverage`).
 
     Returns:
         ``[grid, grid]`` bool token mask.
     """
     if not 0.0 < min_coverage <= 1.0:
         raise ValueError(f"min_coverage must be in (0, 1], got {min_coverage}")
-    return token_coverage(mask, grid) >= min_coverage - 1e-9
+    coverage = token_coverage(mask, grid, rows, cols)
+    return (coverage >= min_coverage - 1e-9) & (coverage > 0)
 
 
-def token_mask_to_image(token_mask: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+def token_mask_to_image(
+    token_mask: torch.Tensor,
+    size: tuple[int, int],
+    rows: torch.Tensor | None = None,
+    cols: torch.Tensor | None = None,
+) -> torch.Tensor:
     """The pixels of an image of ``size`` (H, W) that belong to the selected cells: ``[g, g] -> [H, W]`` float.
 
-    Exact inverse of :func:`pool_token_mask`: pooling the result (any min_coverage) gives ``token_mask`` back.
+    Exact inverse of :func:`pool_token_mask` (same ``rows``/``cols``): pooling the result gives ``token_mask`` back
+    (cells no pixel falls into excepted).
     """
     grid = token_mask.shape[0]
-    rows = cell_index(size[0], grid, token_mask.device)
-    cols = cell_index(size[1], grid, token_mask.device)
-    return token_mask[rows][:, cols].to(torch.float32)
+    rows = cell_index(size[0], grid, token_mask.device) if rows is None else rows.to(token_mask.device)
+    cols = cell_index(size[1], grid, token_mask.device) if cols is None else cols.to(token_mask.device)
+    picked = token_mask[rows.clamp(min=0)][:, cols.clamp(min=0)] & (rows >= 0)[:, None] & (cols >= 0)[None, :]
+    return picked.to(torch.float32)
 
 
 def select_reference_tokens(feature: torch.Tensor, token_mask: torch.Tensor) -> torch.Tensor:
