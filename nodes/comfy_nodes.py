@@ -13,12 +13,13 @@ from comfy_api.latest import ComfyExtension, io
 
 from ..icm_core.config import ExtractionConfig
 from ..icm_core.context_io import load_context, save_context
-from ..icm_core.pipeline import IconMatting, ReferenceContext, combine_contexts
+from ..icm_core.outputs import OUTPUT_KINDS, make_outputs, parse_colour
+from ..icm_core.pipeline import IconMatting, ReferenceContext, RefinementConfig, combine_contexts
 from ..icm_core.prompts import ExpansionConfig, parse_points
 from ..icm_core.visualize import prompt_overlay, token_overlay
 from ..icm_core.weights.decoder import load_decoder
 from .comfy_backend import ComfyFeatureBackend
-from .convert import alphas_to_mask, core_image_to_comfy, image_batch_to_core, mask_list_for_images, rgba_images
+from .convert import background_for, core_image_to_comfy, image_batch_to_core, mask_list_for_images
 from .spec import (
     APPLY_SPEC,
     CATEGORY,
@@ -115,10 +116,10 @@ class EncodeReferenceContext(io.ComfyNode):
         return build_schema(ENCODE_SPEC)
 
     @classmethod
-    def execute(cls, icm_model: IconMatting, reference, mask, invert_mask, seed, min_coverage) -> io.NodeOutput:
+    def execute(cls, icm_model: IconMatting, reference, mask, invert_mask, seed, min_coverage, fit) -> io.NodeOutput:
         images = image_batch_to_core(reference, "reference")
         masks = mask_list_for_images(mask, images.shape[0], tuple(images.shape[2:]), invert=invert_mask)
-        context = icm_model.encode_reference(list(images), masks, seed=seed, min_coverage=min_coverage)
+        context = icm_model.encode_reference(list(images), masks, seed=seed, min_coverage=min_coverage, fit=fit)
         preview = torch.stack([token_overlay(image[:3], cells) for image, cells in zip(images, context.token_masks)])
         return io.NodeOutput(context, core_image_to_comfy(preview).to(model_management.intermediate_device()))
 
@@ -129,17 +130,31 @@ class ApplyInContextMatte(io.ComfyNode):
         return build_schema(APPLY_SPEC)
 
     @classmethod
-    def execute(cls, icm_model: IconMatting, context: ReferenceContext, images, batch_size, seed) -> io.NodeOutput:
+    def execute(
+        cls, icm_model: IconMatting, context: ReferenceContext, images, batch_size, seed, fit, refine_edges,
+        estimate_colours, background_color, refine_radius, refine_eps, background=None,
+    ) -> io.NodeOutput:
         targets = image_batch_to_core(images, "images")
+        colour = parse_colour(background_color)
         bar = comfy.utils.ProgressBar(targets.shape[0])
 
         def progress(done: int, total: int) -> None:
             bar.update_absolute(done, total)
             model_management.throw_exception_if_processing_interrupted()
 
-        alphas = icm_model.matte(context, targets, seed=seed, batch_size=batch_size, progress=progress)
-        alpha = alphas_to_mask(alphas).to(model_management.intermediate_device())
-        return io.NodeOutput(alpha, rgba_images(images, alpha))
+        refinement = RefinementConfig(radius=refine_radius or None, eps=refine_eps) if refine_edges else None
+        device = icm_model.backend.device
+        results = []
+        for index, alpha in icm_model.iter_matte(context, targets, seed, batch_size, progress, fit, refinement):
+            image = targets[index].to(device)
+            backdrop = colour if background is None else background_for(background, index, tuple(image.shape[1:]))
+            outputs = make_outputs(image, alpha.to(device), OUTPUT_KINDS, backdrop, estimate_colours)
+            results.append([outputs.alpha, outputs.rgba, outputs.foreground, outputs.composite])
+        out = model_management.intermediate_device()
+        alpha, rgba, foreground, composite = (torch.stack([r[i] for r in results]).to(out) for i in range(4))
+        return io.NodeOutput(
+            alpha, core_image_to_comfy(rgba), core_image_to_comfy(foreground), core_image_to_comfy(composite)
+        )
 
 
 class ExpandPointPrompt(io.ComfyNode):
@@ -149,7 +164,7 @@ class ExpandPointPrompt(io.ComfyNode):
 
     @classmethod
     def execute(
-        cls, icm_model: IconMatting, reference, positive_points, negative_points, top_m, relative_threshold, seed,
+        cls, icm_model: IconMatting, reference, positive_points, negative_points, top_m, relative_threshold, seed, fit,
         scribble=None,
     ) -> io.NodeOutput:
         images = image_batch_to_core(reference, "reference")
@@ -164,6 +179,7 @@ class ExpandPointPrompt(io.ComfyNode):
             scribble=scribble_mask,
             config=ExpansionConfig(top_m=top_m, relative_threshold=relative_threshold or None),
             seed=seed,
+            fit=fit,
         )
         preview = prompt_overlay(images[0, :3], expansion.token_mask, expansion.prompt_cells)
         device = model_management.intermediate_device()

@@ -48,15 +48,21 @@ def mask_list_for_images(
     return [masks[min(index, masks.shape[0] - 1)] for index in range(count)]
 
 
-def alphas_to_mask(alphas: list[torch.Tensor]) -> torch.Tensor:
-    """``B`` alphas ``[H, W]`` -> MASK ``[B, H, W]``."""
-    return torch.stack(alphas)
-
-
-def rgba_images(images: torch.Tensor, alpha: torch.Tensor) -> torch.Tensor:
-    """IMAGE ``[B, H, W, C]`` + MASK ``[B, H, W]`` -> RGBA IMAGE ``[B, H, W, 4]`` (grey expanded, alpha replaced)."""
-    rgb = images[..., :3] if images.shape[-1] >= 3 else images[..., :1].expand(*images.shape[:-1], 3)
-    return torch.cat([rgb.float(), alpha.to(rgb.device, torch.float32)[..., None]], dim=-1)
+def background_for(backgrounds: torch.Tensor, index: int, size: tuple[int, int]) -> torch.Tensor:
+    """Background IMAGE ``[B or 1, H', W', C]`` -> the ``[3, H, W]`` background of target ``index`` (resized)."""
+    if backgrounds.ndim != 4:
+        raise ValueError(f"background: expected an IMAGE [B, H, W, C], got shape {tuple(backgrounds.shape)}.")
+    if backgrounds.shape[0] != 1 and index >= backgrounds.shape[0]:
+        raise ValueError(
+            f"background has {backgrounds.shape[0]} images but target {index} needs one; give one background or "
+            "one per target."
+        )
+    image = backgrounds[min(index, backgrounds.shape[0] - 1)].permute(2, 0, 1)[:3].float()
+    if image.shape[0] == 1:
+        image = image.expand(3, -1, -1)
+    if tuple(image.shape[1:]) != tuple(size):
+        image = torch.nn.functional.interpolate(image[None], size=size, mode="bilinear", align_corners=False)[0]
+    return image
 
 
 def core_image_to_comfy(image: torch.Tensor) -> torch.Tensor:

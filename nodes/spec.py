@@ -25,6 +25,10 @@ SAVE_CONTEXT_ID = "ICM_SaveReferenceContext"
 LOAD_CONTEXT_ID = "ICM_LoadReferenceContext"
 
 MAX_SEED = 2**63 - 1
+FIT_OPTIONS = ("stretch", "pad", "crop")
+FIT_TOOLTIP = ("How images of any size/aspect reach the model's 768x768 square: stretch (default), pad "
+               "(letterbox) or crop (official evaluation; alpha 0 outside the centre crop). The result is always "
+               "aligned with the input at its exact size.")
 
 
 @dataclass(frozen=True)
@@ -102,6 +106,7 @@ ENCODE_SPEC = NodeSpec(
         Port("min_coverage", "FLOAT", "A token is used when this fraction of its 16x16 cell (at 768 px) is inside "
              "the mask. 1.0 = the official rule (whole cells); lower keeps thin structures.", default=1.0,
              minimum=0.01, maximum=1.0, step=0.01, advanced=True),
+        Port("fit", "COMBO", FIT_TOOLTIP, default="stretch", options=FIT_OPTIONS, advanced=True),
     ),
     outputs=(
         Port("context", ICM_CONTEXT, "The reference context: connect to Apply In-Context Matte."),
@@ -121,10 +126,26 @@ APPLY_SPEC = NodeSpec(
              default=2, minimum=1, maximum=64, step=1, advanced=True),
         Port("seed", "INT", "Seed of the diffusion noise (the same image and seed always give the same alpha).",
              default=0, minimum=0, maximum=MAX_SEED, step=1),
+        Port("fit", "COMBO", FIT_TOOLTIP, default="stretch", options=FIT_OPTIONS),
+        Port("refine_edges", "BOOLEAN", "Sharpen the alpha at full resolution with a fast guided filter driven by "
+             "the image (hair-level edges on large images).", default=True),
+        Port("estimate_colours", "BOOLEAN", "Estimate the true foreground colours in soft edges (blur-fusion "
+             "foreground estimation) for the foreground, RGBA and composite outputs; off uses the image's colours "
+             "(halos of the old background).", default=True),
+        Port("background_color", "STRING", "Composite background as #rrggbb or r,g,b (used when no background "
+             "image is connected).", default="#000000"),
+        Port("refine_radius", "INT", "Guided-filter window radius in full-resolution pixels; 0 = automatic "
+             "(about one model cell).", default=0, minimum=0, maximum=256, step=1, advanced=True),
+        Port("refine_eps", "FLOAT", "Guided-filter regularisation: larger = smoother alpha.", default=1e-4,
+             minimum=1e-6, maximum=1.0, step=1e-5, advanced=True),
+        Port("background", "IMAGE", "Optional background images for the composite (one, or one per target; "
+             "resized to each target).", optional=True),
     ),
     outputs=(
         Port("alpha", "MASK", "Soft alpha matte per target, [B, H, W] in 0..1."),
-        Port("rgba", "IMAGE", "Each target with its alpha as a fourth channel."),
+        Port("rgba", "IMAGE", "Each target's foreground colours with its alpha as a fourth channel."),
+        Port("foreground", "IMAGE", "Estimated foreground colours (valid where alpha > 0)."),
+        Port("composite", "IMAGE", "The foreground over the background colour or image."),
     ),
 )
 
@@ -148,6 +169,8 @@ EXPAND_SPEC = NodeSpec(
              "cell's strongest one; 0 turns it off.", default=0.0, minimum=0.0, maximum=1.0, step=0.01,
              advanced=True),
         Port("seed", "INT", "Seed of the diffusion noise.", default=0, minimum=0, maximum=MAX_SEED, step=1),
+        Port("fit", "COMBO", FIT_TOOLTIP + " Use the same fit as in Encode Reference Context.", default="stretch",
+             options=FIT_OPTIONS, advanced=True),
         Port("scribble", "MASK", "Optional strokes on the thing (any pixel counts), at the reference's size.",
              optional=True),
     ),

@@ -133,12 +133,14 @@ def _matting_nodes(reference_mask: list, extra: dict | None = None) -> dict:
         "3": {"class_type": "LoadImage", "inputs": {"image": "icm_reference.png"}},
         "4": {"class_type": "ICM_EncodeReferenceContext", "inputs": {
             "icm_model": ["2", 0], "reference": ["3", 0], "mask": reference_mask, "invert_mask": False, "seed": 0,
-            "min_coverage": 1.0}},
+            "min_coverage": 1.0, "fit": "stretch"}},
         "5": {"class_type": "LoadImage", "inputs": {"image": "icm_target_1.png"}},
         "6": {"class_type": "LoadImage", "inputs": {"image": "icm_target_2.png"}},
         "7": {"class_type": "ImageBatch", "inputs": {"image1": ["5", 0], "image2": ["6", 0]}},
         "8": {"class_type": "ICM_ApplyInContextMatte", "inputs": {
-            "icm_model": ["2", 0], "context": ["4", 0], "images": ["7", 0], "batch_size": 2, "seed": 0}},
+            "icm_model": ["2", 0], "context": ["4", 0], "images": ["7", 0], "batch_size": 2, "seed": 0,
+            "fit": "pad", "refine_edges": True, "estimate_colours": True, "background_color": "#00ff00",
+            "refine_radius": 0, "refine_eps": 1e-4}},
         "9": {"class_type": "MaskToImage", "inputs": {"mask": ["8", 0]}},
         "10": {"class_type": "SaveImage", "inputs": {"images": ["9", 0], "filename_prefix": "alpha"}},
     }
@@ -226,7 +228,8 @@ def test_non_sd2_model_is_refused_with_a_clear_message(models, tmp_path):
             "timestep": 200, "ensemble_size": 2, "precision": "fp32"}},
         "4": {"class_type": "LoadImage", "inputs": {"image": "icm_reference.png"}},
         "5": {"class_type": "ICM_EncodeReferenceContext", "inputs": {
-            "icm_model": ["3", 0], "reference": ["4", 0], "mask": ["4", 1], "invert_mask": False, "seed": 0}},
+            "icm_model": ["3", 0], "reference": ["4", 0], "mask": ["4", 1], "invert_mask": False, "seed": 0,
+            "min_coverage": 1.0, "fit": "stretch"}},
         "6": {"class_type": "PreviewImage", "inputs": {"images": ["5", 1]}},
     }
     result = _run_workflow(workflow, models, _write_inputs(tmp_path / "input"), tmp_path)
@@ -235,12 +238,26 @@ def test_non_sd2_model_is_refused_with_a_clear_message(models, tmp_path):
     assert "needs an SD 2.x MODEL" in message and "SD 1.x" in message and "context_dim 768" in message, message
 
 
+def test_all_outputs_with_a_background_image(models, tmp_path):
+    workflow = _matting_nodes(["3", 1], {
+        "11": {"class_type": "SaveImage", "inputs": {"images": ["8", 3], "filename_prefix": "composite"}},
+        "12": {"class_type": "SaveImage", "inputs": {"images": ["8", 2], "filename_prefix": "foreground"}},
+        "13": {"class_type": "SaveImage", "inputs": {"images": ["8", 1], "filename_prefix": "rgba"}},
+    })
+    workflow["8"]["inputs"]["background"] = ["6", 0]
+    result = _run_workflow(workflow, models, _write_inputs(tmp_path / "input"), tmp_path)
+    assert result["status"] == "success", json.dumps(result.get("execution_error"))[:4000]
+    for prefix in ("composite", "foreground", "rgba", "alpha"):
+        assert len([f for f in result["files"] if Path(f["path"]).name.startswith(prefix)]) == 2, prefix
+
+
 def test_points_on_a_reference_matte_a_batch(models, tmp_path):
     points = json.dumps([{"x": 120, "y": 100}, {"x": 150, "y": 90}])
     workflow = _matting_nodes(["11", 0], {
         "11": {"class_type": "ICM_ExpandPointPrompt", "inputs": {
             "icm_model": ["2", 0], "reference": ["3", 0], "positive_points": points,
-            "negative_points": json.dumps([{"x": 10, "y": 10}]), "top_m": 16, "relative_threshold": 0.0, "seed": 0}},
+            "negative_points": json.dumps([{"x": 10, "y": 10}]), "top_m": 16, "relative_threshold": 0.0, "seed": 0,
+            "fit": "stretch"}},
         "12": {"class_type": "SaveImage", "inputs": {"images": ["11", 1], "filename_prefix": "expand_preview"}},
     })
     result = _run_workflow(workflow, models, _write_inputs(tmp_path / "input"), tmp_path)

@@ -35,14 +35,14 @@ FROZEN = {
     "ICM_EncodeReferenceContext": (
         "Encode Reference Context",
         [("icm_model", "ICM_MODEL"), ("reference", "IMAGE"), ("mask", "MASK"), ("invert_mask", "BOOLEAN"),
-         ("seed", "INT"), ("min_coverage", "FLOAT")],
+         ("seed", "INT"), ("min_coverage", "FLOAT"), ("fit", "COMBO")],
         [("context", "ICM_CONTEXT"), ("preview", "IMAGE")],
     ),
     "ICM_ExpandPointPrompt": (
         "Expand Point Prompt",
         [("icm_model", "ICM_MODEL"), ("reference", "IMAGE"), ("positive_points", "STRING"),
          ("negative_points", "STRING"), ("top_m", "INT"), ("relative_threshold", "FLOAT"), ("seed", "INT"),
-         ("scribble", "MASK")],
+         ("fit", "COMBO"), ("scribble", "MASK")],
         [("mask", "MASK"), ("preview", "IMAGE")],
     ),
     "ICM_CombineReferenceContexts": (
@@ -60,8 +60,9 @@ FROZEN = {
     "ICM_ApplyInContextMatte": (
         "Apply In-Context Matte",
         [("icm_model", "ICM_MODEL"), ("context", "ICM_CONTEXT"), ("images", "IMAGE"), ("batch_size", "INT"),
-         ("seed", "INT")],
-        [("alpha", "MASK"), ("rgba", "IMAGE")],
+         ("seed", "INT"), ("fit", "COMBO"), ("refine_edges", "BOOLEAN"), ("estimate_colours", "BOOLEAN"),
+         ("background_color", "STRING"), ("refine_radius", "INT"), ("refine_eps", "FLOAT"), ("background", "IMAGE")],
+        [("alpha", "MASK"), ("rgba", "IMAGE"), ("foreground", "IMAGE"), ("composite", "IMAGE")],
     ),
 }
 
@@ -84,6 +85,8 @@ def test_every_port_has_a_tooltip_and_expert_knobs_are_advanced(spec):
         ("ICM_LoadIconMatting", "timestep"), ("ICM_LoadIconMatting", "ensemble_size"),
         ("ICM_LoadIconMatting", "precision"), ("ICM_ApplyInContextMatte", "batch_size"),
         ("ICM_EncodeReferenceContext", "min_coverage"), ("ICM_ExpandPointPrompt", "relative_threshold"),
+        ("ICM_EncodeReferenceContext", "fit"), ("ICM_ExpandPointPrompt", "fit"),
+        ("ICM_ApplyInContextMatte", "refine_radius"), ("ICM_ApplyInContextMatte", "refine_eps"),
     }
     load = {p.name: p for p in spec.LOAD_SPEC.inputs}
     assert (load["timestep"].default, load["ensemble_size"].default) == (200, 4)
@@ -113,16 +116,13 @@ def test_image_and_mask_conversions(convert):
         convert.mask_list_for_images(torch.zeros(2, 30, 40), count=3, size=(30, 40))
 
 
-def test_rgba_output(convert):
-    images = torch.rand(2, 8, 9, 3)
-    alpha = torch.rand(2, 8, 9)
-    rgba = convert.rgba_images(images, alpha)
-    assert rgba.shape == (2, 8, 9, 4)
-    torch.testing.assert_close(rgba[..., :3], images)
-    torch.testing.assert_close(rgba[..., 3], alpha)
-    grey = convert.rgba_images(images[..., :1], alpha)
-    torch.testing.assert_close(grey[..., 1], images[..., 0])
-    assert convert.alphas_to_mask([alpha[0], alpha[1]]).shape == (2, 8, 9)
+def test_background_images_follow_each_target(convert):
+    backgrounds = torch.rand(2, 10, 12, 3)
+    first = convert.background_for(backgrounds, 0, (10, 12))
+    torch.testing.assert_close(first, backgrounds[0].permute(2, 0, 1))
+    assert convert.background_for(backgrounds[:1], 5, (20, 30)).shape == (3, 20, 30)  # one for all, resized
+    with pytest.raises(ValueError, match="background has 2 images but target 2 needs one"):
+        convert.background_for(backgrounds, 2, (10, 12))
 
 
 SD2 = {"context_dim": 1024, "model_channels": 320, "use_linear_in_transformer": True, "adm_in_channels": None,

@@ -108,7 +108,7 @@ def matte_loaded_images():
         node(10, "ImageBatch", [d, 790], [210, 46]),
         node(11, "ImageBatch", [d, 900], [210, 46]),
         node(12, "ICM_ApplyInContextMatte", [e, 360], widgets={"batch_size": 2, "seed": 0}),
-        node(13, "MaskToImage", [e, 560], [210, 26]),
+        node(13, "MaskToImage", [e, 820], [210, 26]),
         node(14, "SaveImage", [f, 80], [360, 330], {"filename_prefix": "icm/rgba"}, title="Save cut-outs (RGBA)"),
         node(15, "SaveImage", [f, 480], [360, 330], {"filename_prefix": "icm/alpha"}, title="Save mattes (alpha)"),
     ]
@@ -163,7 +163,7 @@ def generate_then_matte():
         node(11, "ICM_EncodeReferenceContext", [b, 910], [400, None], {"invert_mask": False, "seed": 0}),
         node(12, "PreviewImage", [c, 910], [315, 314], title="Reference tokens used"),
         node(13, "ICM_ApplyInContextMatte", [e, 360], widgets={"batch_size": 2, "seed": 0}),
-        node(14, "MaskToImage", [e, 560], [210, 26]),
+        node(14, "MaskToImage", [e, 820], [210, 26]),
         node(15, "SaveImage", [f, 80], [360, 330], {"filename_prefix": "icm/rgba"}, title="Save cut-outs (RGBA)"),
         node(16, "SaveImage", [f, 480], [360, 330], {"filename_prefix": "icm/alpha"}, title="Save mattes (alpha)"),
     ]
