@@ -1,4 +1,4 @@
-"""Command line: ``python -m icm_core {matte,convert,demo}``."""
+"""Command line: ``python -m icm_core {matte,convert,demo,evaluate,train}``."""
 
 from __future__ import annotations
 
@@ -12,8 +12,14 @@ import torch
 from tqdm import tqdm
 
 from .config import ExtractionConfig
+from .errors import WeightsNotFoundError
+from .evaluation.commands import add_evaluate_parser
 from .image_io import read_image, read_mask, save_image_atomic
 from .loader import MODELS_DIR_VARIABLE, default_models_dir, load_engine
+from .pipeline import EmptyReferenceError
+from .training.commands import add_train_parser
+from .weights.checkpoint_io import CheckpointError
+from .weights.decoder import DecoderCheckpointError, load_decoder
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
@@ -51,6 +57,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--models-dir", type=Path, default=None, help=f"weights folder (default ${MODELS_DIR_VARIABLE} or ~/.cache/icm_models)"
     )
     _add_runtime_options(demo)
+    add_evaluate_parser(commands)
+    add_train_parser(commands)
     return parser
 
 
@@ -70,8 +78,11 @@ def _check_outputs(targets: Sequence[Path], inputs: Sequence[Path], out: Path) -
 
 def _run_matte(args: argparse.Namespace) -> int:
     outputs = _check_outputs(args.targets, [*args.targets, args.reference, args.reference_mask], args.out)
-    extraction = ExtractionConfig(timestep=args.timestep, ensemble_size=args.ensemble)
-    engine = load_engine(args.sd, args.decoder, device=args.device, dtype=DTYPES[args.dtype], extraction=extraction)
+    decoder = load_decoder(args.decoder)  # first: its image size fixes the extraction size (768 for the release)
+    extraction = ExtractionConfig(
+        timestep=args.timestep, ensemble_size=args.ensemble, image_size=decoder.config.image_size
+    )
+    engine = load_engine(args.sd, decoder, device=args.device, dtype=DTYPES[args.dtype], extraction=extraction)
     context = engine.encode_reference(read_image(args.reference), read_mask(args.reference_mask), seed=args.seed)
     images = [read_image(path) for path in args.targets]
     with tqdm(total=len(images), unit="image", desc="matting") as bar:
@@ -85,6 +96,8 @@ def _run_matte(args: argparse.Namespace) -> int:
 def _run_convert(args: argparse.Namespace) -> int:
     from .weights.decoder import convert_decoder
 
+    if args.target.suffix != ".safetensors":
+        raise SystemExit(f"error: the converted file must end in .safetensors, got {args.target.name}")
     convert_decoder(args.source, args.target)
     print(f"wrote {args.target} (reloaded and checked: identical outputs)")
     return 0
@@ -109,4 +122,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     handlers = {"matte": _run_matte, "convert": _run_convert, "demo": _run_demo}
-    return handlers[args.command](args)
+    handler = getattr(args, "handler", None) or handlers[args.command]  # evaluate/train register args.handler
+    try:
+        return handler(args)
+    except (WeightsNotFoundError, CheckpointError, DecoderCheckpointError, EmptyReferenceError) as error:
+        # Bad or missing user files: one clear line, not a traceback.
+        raise SystemExit(f"error: {error}") from error

@@ -11,6 +11,7 @@ import torch
 
 from .config import ExtractionConfig
 from .features.diffusers_backend import DiffusersFeatureBackend
+from .modeling.decoder import InContextDecoder
 from .pipeline import IconMatting
 from .weights.decoder import OFFICIAL_DECODER_FILE, load_decoder
 from .weights.stable_diffusion import load_stable_diffusion
@@ -48,7 +49,7 @@ def find_default_weights(models_dir: Path | None = None) -> WeightPaths | None:
 
 def load_engine(
     stable_diffusion: str | Path,
-    decoder: str | Path,
+    decoder: str | Path | InContextDecoder,
     *,
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
@@ -57,12 +58,15 @@ def load_engine(
     """SD 2.1 (diffusers folder or single file) + decoder checkpoint -> engine on ``device``.
 
     The UNet and VAE run in ``dtype`` (fp16/bf16 on GPUs; the attention softmax stays fp32); the decoder in fp32.
+    ``decoder`` may also be an already loaded :class:`InContextDecoder` (e.g. to read its image size first).
     """
     device = torch.device(device)
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device; pass --device cpu.")
+    decoder_model = decoder if isinstance(decoder, InContextDecoder) else load_decoder(decoder)
     parts = load_stable_diffusion(stable_diffusion, device=device, dtype=dtype)
     backend = DiffusersFeatureBackend(parts.unet, parts.vae, parts.empty_prompt_embedding)
-    engine = IconMatting(backend, load_decoder(decoder), extraction)
-    logger.info("loaded IconMatting: SD from %s, decoder from %s, on %s/%s", parts.source, decoder, device, dtype)
+    engine = IconMatting(backend, decoder_model, extraction)
+    source = "an in-memory decoder" if isinstance(decoder, InContextDecoder) else decoder
+    logger.info("loaded IconMatting: SD from %s, decoder from %s, on %s/%s", parts.source, source, device, dtype)
     return engine

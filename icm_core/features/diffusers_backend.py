@@ -189,7 +189,8 @@ class DiffusersFeatureBackend:
         return self.device
 
     def fingerprint(self) -> str:
-        digest = hashlib.sha256(repr(sorted(dict(self.unet.config).items())).encode())
+        public = {key: value for key, value in dict(self.unet.config).items() if not key.startswith("_")}
+        digest = hashlib.sha256(repr(sorted(public.items())).encode())
         for path in ("conv_in.weight", FEATURE_SITES[-1].diffusers_path + ".resnets.0.conv1.weight"):
             tensor = self.unet.get_parameter(path).detach().flatten()[:4096].float().cpu()
             digest.update(tensor.numpy().tobytes())

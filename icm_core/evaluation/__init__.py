@@ -1,0 +1,32 @@
+"""Dataset evaluation: grouped in-context matting on an ICM-57-layout folder, with a written protocol.
+
+>>> summary = evaluate_dataset(engine, "datasets/ICM57", "eval_out", EvaluationProtocol())  # doctest: +SKIP
+>>> summary.overall_over_images.sad                                                          # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+from .dataset import (
+    DatasetError,
+    DatasetGroup,
+    DatasetItem,
+    MattingDataset,
+    load_dataset,
+    load_reference_choice,
+    split_group,
+)
+from .evaluate import (
+    EvaluationProtocol,
+    EvaluationSummary,
+    GroupResult,
+    ImageResult,
+    center_square,
+    evaluate_dataset,
+    mean_errors,
+)
+
+__all__ = [
+    "DatasetError", "DatasetGroup", "DatasetItem", "EvaluationProtocol", "EvaluationSummary", "GroupResult",
+    "ImageResult", "MattingDataset", "center_square", "evaluate_dataset", "load_dataset", "load_reference_choice",
+    "mean_errors", "split_group",
+]

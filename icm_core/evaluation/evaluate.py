@@ -1,0 +1,311 @@
+"""Evaluate an IconMatting engine on a grouped matting dataset (ICM-57 layout) under a fixed, written protocol.
+
+Protocol (every choice is also written into the reports):
+
+* **Groups and references.** Groups come from the dataset's groups JSON (:mod:`.dataset`). Per group the
+  references are fixed: by default the first image of the group by name; or, with ``references_file``, the
+  image(s) it names for that group (groups it does not name fall back to the default). Several references
+  form one context (their RoI tokens are concatenated, ``encode_reference([images], [masks])``). Reference
+  images are never evaluated as targets; a group left without targets is skipped and listed as skipped.
+  The official code instead draws a random other image of the group per target; a fixed choice makes runs
+  comparable.
+* **Reference RoI** = the reference's ground-truth alpha, binarised at 0.5 by the pipeline.
+* **Resolution.** ``official``: image, alpha, trimap and reference are centre-cropped to a square of side
+  ``min(H, W)`` (offset ``(max - min) // 2``, as the official ``CropResize``), the engine resizes that square to
+  its working size (768 for the released model) and the alpha is resized back to the crop; metrics are computed
+  on the ``min(H, W)`` square crop. (The official code resizes with nearest/random interpolation; ours is the
+  pipeline's bilinear resize.) ``original``: the whole image goes through the pipeline (stretch to the square
+  working size, alpha resized back) and metrics are computed at the original ``H x W``.
+* **Region.** ``whole``: every pixel. ``unknown``: trimap pixels equal to 128 only; every target then needs a
+  trimap (checked before any image is matted).
+* **Noise.** one seed for every reference and target (``seed``).
+* **Timing.** ``seconds`` is the wall time of matting the image (its micro-batch's time split evenly when
+  ``batch_size > 1``), excluding image reading, reference encoding (reported per group) and metrics.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Literal
+
+import numpy as np
+import torch
+
+from ..image_io import read_image, read_mask, save_image_atomic
+from ..metrics import MattingErrors, compute_all, unknown_region
+from ..pipeline import EmptyReferenceError, IconMatting, ReferenceContext
+from .dataset import DatasetError, DatasetItem, load_dataset, load_reference_choice, read_trimap, split_group
+
+logger = logging.getLogger(__name__)
+
+Resolution = Literal["official", "original"]
+Region = Literal["whole", "unknown"]
+ProgressCallback = Callable[[int, int], None]
+METRIC_NAMES = ("sad", "mse", "grad", "conn")
+
+
+@dataclass(frozen=True)
+class EvaluationProtocol:
+    """How a dataset is evaluated (see the module docstring for the meaning of each choice).
+
+    Attributes:
+        resolution: ``"official"`` (centre square crop, metrics on the crop) or ``"original"`` (whole image,
+            metrics at its original size).
+        region: ``"whole"`` (all pixels) or ``"unknown"`` (trimap == 128; needs a trimap per target).
+        references_file: JSON ``{group: name | [names]}``; None = first image of each group by name.
+        groups_file: the groups JSON; None = searched next to the dataset (see :mod:`.dataset`).
+        seed: noise seed for references and targets.
+        batch_size: targets per UNet pass (>= 1).
+        save_alphas: also write each predicted alpha as ``alphas/<group>/<image>.png`` (8-bit; the metrics
+            use the float alpha, so recomputing them from these PNGs differs by the quantisation).
+    """
+
+    resolution: Resolution = "official"
+    region: Region = "whole"
+    references_file: Path | None = None
+    groups_file: Path | None = None
+    seed: int = 0
+    batch_size: int = 1
+    save_alphas: bool = False
+
+    def __post_init__(self) -> None:
+        if self.resolution not in ("official", "original"):
+            raise ValueError(f"resolution must be 'official' or 'original', got {self.resolution!r}")
+        if self.region not in ("whole", "unknown"):
+            raise ValueError(f"region must be 'whole' or 'unknown', got {self.region!r}")
+        if self.batch_size < 1:
+            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+
+
+@dataclass(frozen=True)
+class ImageResult:
+    """Errors of one target image.
+
+    Attributes:
+        metric_size: ``(H, W)`` at which the metrics were computed (the crop under ``official``).
+        seconds: wall time of matting this image (see the module docstring).
+    """
+
+    group: str
+    image: str
+    references: tuple[str, ...]
+    errors: MattingErrors
+    seconds: float
+    metric_size: tuple[int, int]
+
+
+@dataclass(frozen=True)
+class GroupResult:
+    """Mean errors of one group's targets.
+
+    Attributes:
+        mean: per-metric mean over the group's target images.
+        seconds: mean matting seconds per image; reference_seconds: time to encode the group's context.
+    """
+
+    name: str
+    references: tuple[str, ...]
+    num_images: int
+    mean: MattingErrors
+    seconds: float
+    reference_seconds: float
+
+
+@dataclass(frozen=True)
+class EvaluationSummary:
+    """Everything an evaluation produced.
+
+    Attributes:
+        overall_over_images: mean of the per-image metrics over all target images (every image weighs the same).
+        overall_over_groups: mean of the per-group means (every group weighs the same).
+        skipped_groups: groups left without a target once their references were taken out.
+        files: ``{"csv": ..., "markdown": ..., "json": ...}`` report paths.
+    """
+
+    protocol: EvaluationProtocol
+    dataset_root: Path
+    engine_fingerprint: str
+    images: tuple[ImageResult, ...]
+    groups: tuple[GroupResult, ...]
+    overall_over_images: MattingErrors
+    overall_over_groups: MattingErrors
+    skipped_groups: tuple[str, ...]
+    files: dict[str, Path]
+
+
+@dataclass(frozen=True)
+class _Target:
+    item: DatasetItem
+    image: torch.Tensor  # [C, H, W] in [0, 1]
+    alpha: torch.Tensor  # [H, W] in [0, 1]
+    region: np.ndarray | None  # [H, W] bool
+
+
+def mean_errors(errors: Sequence[MattingErrors]) -> MattingErrors:
+    """Per-metric arithmetic mean (float64) of a non-empty sequence."""
+    if not errors:
+        raise ValueError("mean_errors needs at least one MattingErrors")
+    return MattingErrors(**{name: float(np.mean([getattr(e, name) for e in errors])) for name in METRIC_NAMES})
+
+
+def center_square(tensor: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Centre crop of ``[..., H, W]`` to ``[..., m, m]``, m = min(H, W), offset ``(max - min) // 2``."""
+    height, width = tensor.shape[-2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return tensor[..., top : top + side, left : left + side]
+
+
+def evaluate_dataset(
+    engine: IconMatting,
+    root: str | Path,
+    out_dir: str | Path,
+    protocol: EvaluationProtocol | None = None,
+    progress: ProgressCallback | None = None,
+) -> EvaluationSummary:
+    """Matte every target of every group and write ``per_image.csv``, ``summary.md`` and ``summary.json``.
+
+    Args:
+        engine: a ready engine (its decoder in eval mode).
+        root: dataset root in the ICM-57 layout (:mod:`.dataset`).
+        out_dir: report folder (created); files are written atomically.
+        protocol: evaluation choices; defaults to ``EvaluationProtocol()``.
+        progress: called as ``progress(done, total)`` after each matted micro-batch.
+    """
+    from .report import write_reports  # report imports this module's dataclasses
+
+    protocol = protocol or EvaluationProtocol()
+    dataset = load_dataset(root, protocol.groups_file)
+    choice = load_reference_choice(protocol.references_file) if protocol.references_file else None
+    if choice:
+        unknown = sorted(set(choice) - {group.name for group in dataset.groups})
+        if unknown:
+            raise DatasetError(
+                f"references file {protocol.references_file} names unknown group(s) {unknown}; expected names "
+                f"from {dataset.groups_file.name}: {[g.name for g in dataset.groups][:10]}..."
+            )
+    plan = [(group.name, *split_group(group, choice)) for group in dataset.groups]
+    skipped = tuple(name for name, _, targets in plan if not targets)
+    for name in skipped:
+        logger.warning("group %s has no image left after taking its reference(s); skipped", name)
+    plan = [entry for entry in plan if entry[2]]
+    if not plan:
+        raise DatasetError(
+            f"nothing to evaluate in {root}: every group has only its reference image(s). Expected groups with at "
+            "least two images (one reference + one target)."
+        )
+    if protocol.region == "unknown":
+        lacking = [f"{name}/{item.name}" for name, _, targets in plan for item in targets if item.trimap is None]
+        if lacking:
+            raise DatasetError(
+                f"region='unknown' needs a trimap for every target, but {len(lacking)} target(s) have none "
+                f"(expected ROOT/trimap/<name>.png): {', '.join(lacking[:10])}{'...' if len(lacking) > 10 else ''}. "
+                "Add the trimaps or evaluate with region='whole'."
+            )
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    total = sum(len(targets) for _, _, targets in plan)
+    done = 0
+    images: list[ImageResult] = []
+    groups: list[GroupResult] = []
+    for name, references, targets in plan:
+        ref_names = tuple(item.name for item in references)
+        started = time.perf_counter()
+        context = _encode_group(engine, name, references, protocol)
+        reference_seconds = time.perf_counter() - started
+        group_results: list[ImageResult] = []
+        for start in range(0, len(targets), protocol.batch_size):
+            chunk = [_load_target(item, protocol) for item in targets[start : start + protocol.batch_size]]
+            started = time.perf_counter()
+            alphas = engine.matte(context, [t.image for t in chunk], seed=protocol.seed, batch_size=len(chunk))
+            seconds = (time.perf_counter() - started) / len(chunk)
+            for target, alpha in zip(chunk, alphas):
+                errors = compute_all(alpha, target.alpha, target.region)
+                group_results.append(
+                    ImageResult(name, target.item.name, ref_names, errors, seconds, tuple(alpha.shape))
+                )
+                if protocol.save_alphas:
+                    save_image_atomic(alpha, out / "alphas" / _safe_name(name) / f"{target.item.name}.png")
+            done += len(chunk)
+            if progress is not None:
+                progress(done, total)
+        images.extend(group_results)
+        groups.append(
+            GroupResult(
+                name=name,
+                references=ref_names,
+                num_images=len(group_results),
+                mean=mean_errors([r.errors for r in group_results]),
+                seconds=float(np.mean([r.seconds for r in group_results])),
+                reference_seconds=reference_seconds,
+            )
+        )
+        logger.info("group %s: %d targets, SAD %.3f", name, len(group_results), groups[-1].mean.sad)
+    summary = EvaluationSummary(
+        protocol=protocol,
+        dataset_root=Path(root),
+        engine_fingerprint=engine.fingerprint,
+        images=tuple(images),
+        groups=tuple(groups),
+        overall_over_images=mean_errors([r.errors for r in images]),
+        overall_over_groups=mean_errors([g.mean for g in groups]),
+        skipped_groups=skipped,
+        files={},
+    )
+    return dataclasses.replace(summary, files=write_reports(summary, out))
+
+
+def _encode_group(
+    engine: IconMatting, group: str, references: Sequence[DatasetItem], protocol: EvaluationProtocol
+) -> ReferenceContext:
+    crop = protocol.resolution == "official"
+    images, masks = [], []
+    for item in references:
+        image, mask = read_image(item.image), read_mask(item.alpha)
+        _check_same_size(item, image, mask)
+        images.append(center_square(image) if crop else image)
+        masks.append(center_square(mask) if crop else mask)
+    try:
+        return engine.encode_reference(images, masks, seed=protocol.seed)
+    except EmptyReferenceError as error:
+        names = ", ".join(item.name for item in references)
+        raise EmptyReferenceError(
+            f"group {group!r}, reference(s) {names}: {error} Or choose another reference with a references file."
+        ) from error
+
+
+def _load_target(item: DatasetItem, protocol: EvaluationProtocol) -> _Target:
+    image, alpha = read_image(item.image), read_mask(item.alpha)
+    _check_same_size(item, image, alpha)
+    trimap = None
+    if protocol.region == "unknown":
+        if item.trimap is None:  # evaluate_dataset checks this before matting anything
+            raise DatasetError(f"{item.name}: region='unknown' needs trimap/{item.name}.png; none found.")
+        trimap = read_trimap(item.trimap)
+        if trimap.shape != tuple(alpha.shape):
+            raise DatasetError(
+                f"{item.trimap}: trimap is {trimap.shape[1]}x{trimap.shape[0]} but the alpha is "
+                f"{alpha.shape[1]}x{alpha.shape[0]}; expected the same size."
+            )
+    if protocol.resolution == "official":
+        image, alpha = center_square(image), center_square(alpha)
+        trimap = None if trimap is None else center_square(trimap)
+    region = None if trimap is None else unknown_region(np.ascontiguousarray(trimap))
+    return _Target(item, image, alpha.contiguous(), region)
+
+
+def _check_same_size(item: DatasetItem, image: torch.Tensor, alpha: torch.Tensor) -> None:
+    if tuple(image.shape[-2:]) != tuple(alpha.shape):
+        raise DatasetError(
+            f"{item.name}: image {item.image.name} is {image.shape[-1]}x{image.shape[-2]} but alpha "
+            f"{item.alpha.name} is {alpha.shape[1]}x{alpha.shape[0]}; expected the same size."
+        )
+
+
+def _safe_name(name: str) -> str:
+    return "".join(c if c.isalnum() or c in "-_." else "_" for c in name) or "_"

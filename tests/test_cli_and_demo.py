@@ -1,0 +1,179 @@
+"""``python -m icm_core demo`` and ``matte`` end to end on tiny weights written to disk (no network)."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from diffusers import AutoencoderKL, UNet2DConditionModel
+from PIL import Image
+from transformers import CLIPTextConfig, CLIPTextModel
+
+from icm_core import cli
+from icm_core.config import ExtractionConfig
+from icm_core.demo import SAMPLES_DIR, TARGET_NAMES
+from icm_core.image_io import read_image, read_mask, to_uint8
+from icm_core.loader import MODELS_DIR_VARIABLE, load_engine
+from icm_core.tiny import TINY_UNET_CONFIG, TINY_VAE_CONFIG, build_tiny_decoder
+from icm_core.weights.decoder import OFFICIAL_DECODER_FILE, save_decoder
+
+TARGET_SIZES = {"t_wide.png": (100, 70), "t_tall.png": (64, 130)}  # PIL (width, height), non-square
+
+
+@pytest.fixture(autouse=True, scope="module")
+def one_thread():
+    """Tiny models gain nothing from intra-op threads, and on a busy machine they spin (10x slower)."""
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(autouse=True)
+def offline(monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def _listing(folder: Path) -> dict[str, bytes]:
+    return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
+
+
+# --------------------------------------------------------------------------- demo
+
+
+def test_demo_without_weights_writes_alphas_and_warns(tmp_path, monkeypatch, capsys):
+    models = tmp_path / "empty_models"
+    models.mkdir()
+    monkeypatch.setenv(MODELS_DIR_VARIABLE, str(models))
+    out = tmp_path / "demo_out"
+    assert cli.main(["demo", "--out", str(out)]) == 0
+    captured = capsys.readouterr()
+    assert "NO REAL WEIGHTS FOUND" in captured.err
+    assert str(models) in captured.err
+    for name in TARGET_NAMES:
+        with Image.open(SAMPLES_DIR / f"{name}.png") as source, Image.open(out / f"{name}_alpha.png") as alpha:
+            assert alpha.size == source.size
+            assert alpha.mode == "L"
+    with Image.open(out / "overview.png") as overview:
+        assert overview.width > overview.height > 0
+    assert sorted(p.name for p in out.iterdir()) == sorted(
+        [f"{name}_alpha.png" for name in TARGET_NAMES] + ["overview.png"]
+    )
+    assert not any(models.iterdir())
+
+
+# --------------------------------------------------------------------------- matte on tiny weights on disk
+
+
+@pytest.fixture(scope="module")
+def tiny_weights(tmp_path_factory) -> tuple[Path, Path]:
+    """A tiny diffusers SD folder (as ``save_pretrained`` writes it) and a tiny 128-px decoder file."""
+    root = tmp_path_factory.mktemp("weights")
+    sd = root / "stable-diffusion-tiny"
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(0)
+        UNet2DConditionModel.from_config(TINY_UNET_CONFIG).save_pretrained(sd / "unet")
+        AutoencoderKL.from_config(TINY_VAE_CONFIG).save_pretrained(sd / "vae")
+        text_config = CLIPTextConfig(
+            hidden_size=TINY_UNET_CONFIG["cross_attention_dim"],
+            intermediate_size=64,
+            num_attention_heads=4,
+            num_hidden_layers=2,
+            vocab_size=49408,
+            max_position_embeddings=77,
+        )
+        CLIPTextModel(text_config).save_pretrained(sd / "text_encoder")
+    (sd / "model_index.json").write_text(json.dumps({
+        "_class_name": "StableDiffusionPipeline",
+        "unet": ["diffusers", "UNet2DConditionModel"],
+        "vae": ["diffusers", "AutoencoderKL"],
+        "text_encoder": ["transformers", "CLIPTextModel"],
+    }))
+    decoder = root / "tiny-decoder.safetensors"
+    save_decoder(build_tiny_decoder(image_size=128), decoder)
+    return sd, decoder
+
+
+@pytest.fixture()
+def inputs(tmp_path) -> Path:
+    folder = tmp_path / "inputs"
+    folder.mkdir()
+    rng = np.random.default_rng(0)
+    Image.fromarray(rng.integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(folder / "ref.png")
+    mask = np.zeros((90, 120), np.uint8)
+    mask[15:75, 25:95] = 255
+    Image.fromarray(mask).save(folder / "ref_mask.png")
+    for name, (width, height) in TARGET_SIZES.items():
+        Image.fromarray(rng.integers(0, 256, (height, width, 3), dtype=np.uint8)).save(folder / name)
+    return folder
+
+
+def _matte_args(sd: Path, decoder: Path, inputs: Path, out: Path, targets: list[Path]) -> list[str]:
+    return [
+        "matte", "--sd", str(sd), "--decoder", str(decoder),
+        "--reference", str(inputs / "ref.png"), "--reference-mask", str(inputs / "ref_mask.png"),
+        "--out", str(out), *map(str, targets), "--ensemble", "2",
+    ]
+
+
+def test_matte_writes_one_alpha_per_target_at_its_size(tiny_weights, inputs, tmp_path, capsys):
+    sd, decoder = tiny_weights
+    before = _listing(inputs)
+    out = tmp_path / "alphas"
+    targets = [inputs / name for name in TARGET_SIZES]
+    assert cli.main(_matte_args(sd, decoder, inputs, out, targets)) == 0
+    assert "wrote 2 alpha mattes" in capsys.readouterr().out
+    assert sorted(p.name for p in out.iterdir()) == sorted(TARGET_SIZES)
+    written = {}
+    for name, size in TARGET_SIZES.items():
+        with Image.open(out / name) as alpha:
+            assert alpha.size == size and alpha.mode == "L"
+            written[name] = np.asarray(alpha)
+    assert _listing(inputs) == before  # nothing written next to the inputs
+
+    # The files are exactly what the library API gives for the same weights, seed and settings.
+    engine = load_engine(sd, decoder, extraction=ExtractionConfig(timestep=200, ensemble_size=2, image_size=128))
+    context = engine.encode_reference(read_image(inputs / "ref.png"), read_mask(inputs / "ref_mask.png"), seed=0)
+    alphas = engine.matte(context, [read_image(path) for path in targets], seed=0, batch_size=4)
+    for name, alpha in zip(TARGET_SIZES, alphas):
+        np.testing.assert_array_equal(written[name], to_uint8(alpha))
+
+
+def test_matte_refuses_output_into_an_input_folder(tiny_weights, inputs):
+    sd, decoder = tiny_weights
+    before = _listing(inputs)
+    with pytest.raises(SystemExit) as error:
+        cli.main(_matte_args(sd, decoder, inputs, inputs, [inputs / name for name in TARGET_SIZES]))
+    assert "input folder" in str(error.value.code)
+    assert _listing(inputs) == before
+
+
+def test_matte_missing_target_is_a_clear_error(tiny_weights, inputs, tmp_path):
+    sd, decoder = tiny_weights
+    missing = inputs / "no_such_target.png"
+    out = tmp_path / "alphas"
+    with pytest.raises(SystemExit) as error:
+        cli.main(_matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png", missing]))
+    message = str(error.value.code)
+    assert message.startswith("error:") and "not found" in message and str(missing) in message
+    assert not out.exists()
+
+
+@pytest.mark.parametrize("what", ["decoder", "sd"])
+def test_matte_missing_weights_is_a_clear_error(what, tiny_weights, inputs, tmp_path):
+    sd, decoder = tiny_weights
+    if what == "decoder":
+        decoder = tmp_path / OFFICIAL_DECODER_FILE
+    else:
+        sd = tmp_path / "stable-diffusion-2-1"
+    out = tmp_path / "alphas"
+    with pytest.raises(SystemExit) as error:
+        cli.main(_matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png"]))
+    message = str(error.value.code)
+    assert message.startswith("error:")
+    assert (OFFICIAL_DECODER_FILE if what == "decoder" else "stable-diffusion-2-1") in message
+    assert not out.exists()
