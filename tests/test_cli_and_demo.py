@@ -126,11 +126,11 @@ def test_matte_writes_one_alpha_per_target_at_its_size(tiny_weights, inputs, tmp
     out = tmp_path / "alphas"
     targets = [inputs / name for name in TARGET_SIZES]
     assert cli.main(_matte_args(sd, decoder, inputs, out, targets)) == 0
-    assert "wrote 2 alpha mattes" in capsys.readouterr().out
-    assert sorted(p.name for p in out.iterdir()) == sorted(TARGET_SIZES)
+    assert "wrote 2, skipped 0 (already done), failed 0" in capsys.readouterr().out
+    assert sorted(p.name for p in (out / "alpha").iterdir()) == sorted(TARGET_SIZES)
     written = {}
     for name, size in TARGET_SIZES.items():
-        with Image.open(out / name) as alpha:
+        with Image.open(out / "alpha" / name) as alpha:
             assert alpha.size == size and alpha.mode == "L"
             written[name] = np.asarray(alpha)
     assert _listing(inputs) == before  # nothing written next to the inputs
@@ -159,7 +159,7 @@ def test_matte_missing_target_is_a_clear_error(tiny_weights, inputs, tmp_path):
     with pytest.raises(SystemExit) as error:
         cli.main(_matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png", missing]))
     message = str(error.value.code)
-    assert message.startswith("error:") and "not found" in message and str(missing) in message
+    assert message.startswith("error:") and "does not exist" in message and str(missing) in message
     assert not out.exists()
 
 
@@ -177,3 +177,67 @@ def test_matte_missing_weights_is_a_clear_error(what, tiny_weights, inputs, tmp_
     assert message.startswith("error:")
     assert (OFFICIAL_DECODER_FILE if what == "decoder" else "stable-diffusion-2-1") in message
     assert not out.exists()
+
+
+# --------------------------------------------------------------------------- folders, resume, broken inputs
+
+
+def _tree(root: Path) -> dict[str, float]:
+    return {str(p.relative_to(root)): p.stat().st_mtime_ns for p in root.rglob("*") if p.is_file()}
+
+
+def test_matte_folders_resume_and_broken_inputs(tiny_weights, inputs, tmp_path, capsys):
+    sd, decoder = tiny_weights
+    frames = tmp_path / "frames"
+    (frames / "shot_a").mkdir(parents=True)
+    (frames / "shot_b" / "deep").mkdir(parents=True)
+    rng = np.random.default_rng(3)
+    for relative in ("shot_a/0001.png", "shot_a/0002.jpg", "shot_b/deep/0001.png"):
+        Image.fromarray(rng.integers(0, 256, (80, 96, 3), dtype=np.uint8)).save(frames / relative)
+    (frames / "shot_b" / "broken.png").write_bytes(b"not an image")
+    Image.fromarray(rng.integers(0, 256, (20, 20, 3), dtype=np.uint8)).save(frames / "shot_b" / "tiny.png")
+    (frames / "notes.txt").write_text("ignored: not an image")
+    before = _tree(frames)
+    out = tmp_path / "out"
+    args = _matte_args(sd, decoder, inputs, out, [frames])
+    args += ["--save", "alpha,rgba,fg,composite", "--background-color", "0,255,0", "--fit", "pad", "--refine"]
+    assert cli.main(args) == 1  # two broken inputs: reported, the rest written
+    captured = capsys.readouterr()
+    assert "wrote 3, skipped 0 (already done), failed 2" in captured.out
+    assert "broken.png" in captured.err and "tiny.png" in captured.err and "expected both sides >= 64" in captured.err
+    for kind in ("alpha", "rgba", "foreground", "composite"):
+        names = sorted(str(p.relative_to(out / kind)) for p in (out / kind).rglob("*.png"))
+        assert names == ["shot_a/0001.png", "shot_a/0002.png", "shot_b/deep/0001.png"], kind
+    with Image.open(out / "rgba" / "shot_a" / "0001.png") as rgba:
+        assert rgba.mode == "RGBA" and rgba.size == (96, 80)
+    assert _tree(frames) == before  # the input tree is untouched
+    assert not list(out.rglob(".*"))  # no temp files left behind
+
+    written = _tree(out)
+    assert cli.main(args + ["--resume"]) == 1
+    assert "wrote 0, skipped 3 (already done), failed 2" in capsys.readouterr().out
+    assert _tree(out) == written  # finished outputs were not rewritten
+
+    (out / "composite" / "shot_a" / "0002.png").unlink()
+    assert cli.main(args + ["--resume"]) == 1
+    assert "wrote 1, skipped 2" in capsys.readouterr().out
+
+    with pytest.raises(SystemExit, match="inside the input folder"):
+        cli.main(_matte_args(sd, decoder, inputs, frames / "shot_a" / "out", [frames]))
+
+
+def test_matte_from_points_and_a_saved_context(tiny_weights, inputs, tmp_path, capsys):
+    sd, decoder = tiny_weights
+    target = inputs / "t_wide.png"
+    saved = tmp_path / "ref_context.safetensors"
+    points = '[{"x": 60, "y": 45}]'
+    base = ["matte", "--sd", str(sd), "--decoder", str(decoder), "--ensemble", "2", str(target)]
+    assert cli.main(base + ["--out", str(tmp_path / "a"), "--reference", str(inputs / "ref.png"),
+                            "--reference-points", points, "--save-context", str(saved)]) == 0
+    assert saved.exists()
+    assert cli.main(base + ["--out", str(tmp_path / "b"), "--context", str(saved)]) == 0
+    first = np.asarray(Image.open(tmp_path / "a" / "alpha" / "t_wide.png"))
+    second = np.asarray(Image.open(tmp_path / "b" / "alpha" / "t_wide.png"))
+    np.testing.assert_array_equal(first, second)
+    with pytest.raises(SystemExit, match="exactly one of --reference-mask / --reference-points"):
+        cli.main(base + ["--out", str(tmp_path / "c"), "--reference", str(inputs / "ref.png")])
