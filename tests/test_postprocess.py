@@ -5,7 +5,6 @@ All checks use synthetic scenes with known ground truth (``I = a*F + (1-a)*B``).
 
 from __future__ import annotations
 
-import math
 
 import pytest
 import torch
@@ -13,6 +12,7 @@ import torch.nn.functional as F
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from icm_core.synthetic import foreground_scene, soft_edge_scene
 from icm_core.postprocess import (
     box_filter,
     composite,
@@ -36,39 +36,7 @@ def _naive_box(x: torch.Tensor, r: int) -> torch.Tensor:
     return out
 
 
-def _grid(h: int, w: int) -> tuple[torch.Tensor, torch.Tensor]:
-    return torch.meshgrid(
-        torch.arange(h, dtype=torch.float64), torch.arange(w, dtype=torch.float64), indexing="ij"
-    )
-
-
-def _colour_field(yy, xx, c0, c1, fx, fy, phase, texture: float) -> torch.Tensor:
-    h, w = yy.shape
-    t = 0.5 + 0.5 * torch.sin(2 * math.pi * (fx * xx / w + fy * yy / h) + phase)
-    base = torch.tensor(c0)[:, None, None] * (1 - t) + torch.tensor(c1)[:, None, None] * t
-    tex = torch.sin(2 * math.pi * (0.11 * xx + 0.07 * yy) + phase) * torch.sin(
-        2 * math.pi * (0.05 * yy - 0.03 * xx)
-    )
-    return (base + texture * tex).clamp(0, 1)
-
-
-def _scene(size: int = 256, noisy: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-    """Soft-edged star-shaped object over a different background; returns (image, gt alpha)."""
-    yy, xx = _grid(size, size)
-    ang = torch.atan2(yy - size * 0.5, xx - size * 0.48)
-    rad = torch.hypot(yy - size * 0.5, xx - size * 0.48)
-    radius = size * (0.30 + 0.06 * torch.sin(5 * ang) + 0.03 * torch.cos(3 * ang + 1.0))
-    alpha = torch.sigmoid(radius - rad)  # ~4 px wide soft transition
-    fg = _colour_field(yy, xx, (0.85, 0.25, 0.2), (0.95, 0.7, 0.2), 1.0, 0.5, 0.3, 0.08)
-    bg = _colour_field(yy, xx, (0.1, 0.3, 0.7), (0.2, 0.6, 0.4), 0.7, 1.3, 1.7, 0.08)
-    if noisy:  # extra texture at the scale of the coarse grid + per-pixel noise
-        gen = torch.Generator().manual_seed(0)
-        n = F.interpolate(torch.rand(1, 3, 32, 32, generator=gen, dtype=torch.float64) - 0.5,
-                          size=(size, size), mode="bicubic", align_corners=False)[0] * 0.3
-        fine = torch.rand(3, size, size, generator=gen, dtype=torch.float64) - 0.5
-        fg, bg = (fg + n).clamp(0, 1), (bg - n.flip(-1) + 0.1 * fine).clamp(0, 1)
-    image = alpha * fg + (1 - alpha) * bg
-    return image[None].float(), alpha[None, None].float()
+_scene = soft_edge_scene
 
 
 def _mse_sad(pred: torch.Tensor, gt: torch.Tensor) -> tuple[float, float]:
@@ -197,13 +165,7 @@ def test_refine_alpha_errors() -> None:
 
 
 # ----------------------------------------------------------------------------- foreground
-def _fg_scene(size: int = 192):
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, size), torch.linspace(0, 1, size), indexing="ij")
-    fg = torch.stack([0.8 + 0.15 * torch.sin(3 * xx), 0.3 + 0.2 * yy, 0.2 + 0.1 * torch.cos(4 * yy)])
-    bg = torch.stack([0.1 + 0.2 * yy, 0.5 + 0.3 * torch.sin(2 * xx + 1), 0.8 - 0.2 * xx])
-    alpha = ((0.35 - torch.hypot(yy - 0.5, xx - 0.5)) / 0.2 + 0.5).clamp(0, 1)  # ~38 px ramp
-    image = alpha * fg + (1 - alpha) * bg
-    return image[None], alpha[None, None], fg[None], bg[None]
+_fg_scene = foreground_scene
 
 
 def test_estimate_foreground_recovers_colours_in_transition_band() -> None:
