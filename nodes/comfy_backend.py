@@ -20,6 +20,7 @@ from ..icm_core.features.attention import (
     AttentionAccumulator,
     chunked_attention_with_probabilities,
 )
+from ..icm_core.features.backend import ensemble_features
 from ..icm_core.features.noise import LatentDistribution
 from ..icm_core.features.sites import (
     ATTENTION_SITES,
@@ -110,17 +111,7 @@ class ComfyFeatureBackend:
             else:
                 raise RuntimeError("the UNet forward finished without reaching its last recording site")
 
-        def ensemble_mean(level: str) -> torch.Tensor:
-            value = outputs[level].float()
-            return value.view(images, ensemble_size, *value.shape[1:]).mean(dim=1)
-
-        maps = accumulator.maps() if record_attention else {}
-        return UNetFeatures(
-            low=ensemble_mean("low"),
-            high=ensemble_mean("high"),
-            attention_low=maps.get("low"),
-            attention_high=maps.get("high"),
-        )
+        return ensemble_features(outputs, accumulator, record_attention)
 
     def _transformer_options(
         self, accumulator: AttentionAccumulator, outputs: dict[str, torch.Tensor], record_attention: bool

@@ -13,6 +13,7 @@ import torch
 
 from ..config import ExtractionConfig
 from ..types import UNetFeatures
+from .attention import AttentionAccumulator
 from .noise import LatentDistribution, ensemble_noisy_latents
 
 
@@ -69,3 +70,20 @@ def extract_features(
         return backend.unet_features(
             noisy.to(backend.dtype), config.timestep, config.ensemble_size, record_attention
         )
+
+
+def ensemble_features(
+    outputs: dict[str, torch.Tensor], accumulator: AttentionAccumulator, record_attention: bool
+) -> UNetFeatures:
+    """Recorded per-row block outputs (``{"low": [n*E, C, r, r], "high": ...}``, image-major) and attention sums ->
+    the ensemble-averaged :class:`UNetFeatures` of the n images (both backends end their UNet pass with this)."""
+    images, ensemble = accumulator.num_images, accumulator.ensemble_size
+
+    def mean(level: str) -> torch.Tensor:
+        value = outputs[level].float()
+        return value.view(images, ensemble, *value.shape[1:]).mean(dim=1)
+
+    maps = accumulator.maps() if record_attention else {}
+    return UNetFeatures(
+        low=mean("low"), high=mean("high"), attention_low=maps.get("low"), attention_high=maps.get("high")
+    )

@@ -16,6 +16,7 @@ from torch import nn
 
 from ..types import UNetFeatures
 from .attention import DEFAULT_CHUNK_BYTES, AttentionAccumulator, chunked_attention_with_probabilities
+from .backend import ensemble_features
 from .noise import LatentDistribution, scaled_linear_alphas_cumprod
 from .sites import ATTENTION_SITES, FEATURE_SITES, LAST_SITE_FEATURES_ONLY, LAST_SITE_WITH_ATTENTION
 
@@ -133,17 +134,7 @@ class DiffusersFeatureBackend:
             else:
                 raise RuntimeError("the UNet forward finished without reaching its last recording site")
 
-        def ensemble_mean(level: str) -> torch.Tensor:
-            value = outputs[level]
-            return value.view(images, ensemble_size, *value.shape[1:]).mean(dim=1)
-
-        maps = accumulator.maps() if record_attention else {}
-        return UNetFeatures(
-            low=ensemble_mean("low"),
-            high=ensemble_mean("high"),
-            attention_low=maps.get("low"),
-            attention_high=maps.get("high"),
-        )
+        return ensemble_features(outputs, accumulator, record_attention)
 
     @contextlib.contextmanager
     def _recording(
