@@ -99,3 +99,15 @@ def test_end_to_end_alpha_matches(golden, backend):
         output = decoder(tokens, targets, golden["tgt_images"])
     torch.testing.assert_close(output.alpha, golden["alpha"], atol=2e-4, rtol=0)
     torch.testing.assert_close(output.guidance_map, golden["guidance_map"], atol=1e-5, rtol=0)
+
+
+@pytest.mark.parametrize("per_row", [True, False])
+def test_chunked_attention_equals_plain_softmax_attention(per_row):
+    from icm_core.features.attention import chunked_attention_with_probabilities
+
+    generator = torch.Generator().manual_seed(0)
+    query, key, value = (torch.randn(3, 2, 300, 8, generator=generator) for _ in range(3))
+    output, probabilities = chunked_attention_with_probabilities(query, key, value, 8**-0.5, 4096, per_row)
+    weights = (query @ key.transpose(-1, -2) * 8**-0.5).softmax(-1)
+    torch.testing.assert_close(probabilities, weights.mean(1), atol=1e-6, rtol=0)
+    torch.testing.assert_close(output, weights @ value, atol=1e-5, rtol=0)
