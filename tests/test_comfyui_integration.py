@@ -100,6 +100,30 @@ def _write_sd1_shaped_unet(checkpoint: Path, target: Path) -> None:
     save_file(tensors, str(target))
 
 
+VIDEO_FRAMES, VIDEO_SIZE = 6, (192, 160)  # frames, (width, height) of the test video icm_video.mp4
+
+# Run with the ComfyUI venv's Python: PyAV is a ComfyUI requirement, the test Python may not have it.
+_VIDEO_SCRIPT = """
+import sys
+import av
+import numpy as np
+
+path, frames, width, height = sys.argv[1], int(sys.argv[2]), int(sys.argv[3]), int(sys.argv[4])
+rng = np.random.default_rng(1)
+with av.open(path, mode="w") as container:
+    stream = container.add_stream("mpeg4", rate=12)
+    stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+    for index in range(frames):
+        frame = (rng.random((height, width, 3)) * 255).astype(np.uint8)
+        x, y = 72 + 8 * index, 56 + 2 * index  # a moving orange square; frame 0 covers the example clicks
+        frame[y:y + 48, x:x + 48] = (240, 140, 40)
+        for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
+            container.mux(packet)
+    for packet in stream.encode(None):
+        container.mux(packet)
+"""
+
+
 def _write_inputs(folder: Path) -> Path:
     folder.mkdir(parents=True, exist_ok=True)
     rng = np.random.default_rng(0)
@@ -107,9 +131,26 @@ def _write_inputs(folder: Path) -> Path:
     alpha = np.full((200, 240), 255, np.uint8)
     alpha[40:160, 60:200] = 0  # painted in the mask editor: Load Image's mask is 1 - alpha
     Image.fromarray(np.dstack([image, alpha])).save(folder / "icm_reference.png")
+    image = (rng.random((180, 220, 3)) * 255).astype(np.uint8)
+    alpha = np.full((180, 220), 255, np.uint8)
+    alpha[30:150, 50:170] = 0
+    Image.fromarray(np.dstack([image, alpha])).save(folder / "icm_reference_2.png")
     for index, size in enumerate([(180, 260), (256, 192), (230, 230)], start=1):
         Image.fromarray((rng.random((*size, 3)) * 255).astype(np.uint8)).save(folder / f"icm_target_{index}.png")
+    if not (folder / "icm_video.mp4").is_file():
+        subprocess.run([_comfy_python(), "-c", _VIDEO_SCRIPT, str(folder / "icm_video.mp4"), str(VIDEO_FRAMES),
+                        *map(str, VIDEO_SIZE)], check=True, capture_output=True)
     return folder
+
+
+def _video_info(path: Path) -> dict:
+    """Frame count and size of a video file, read with PyAV in the ComfyUI venv."""
+    script = ("import json, sys, av\n"
+              "with av.open(sys.argv[1]) as c:\n"
+              "    frames = [f.to_ndarray(format='rgb24') for f in c.decode(video=0)]\n"
+              "print(json.dumps({'frames': len(frames), 'height': frames[0].shape[0], 'width': frames[0].shape[1]}))")
+    out = subprocess.run([_comfy_python(), "-c", script, str(path)], check=True, capture_output=True, text=True)
+    return json.loads(out.stdout)
 
 
 def _run_workflow(workflow: dict, models: Path, inputs: Path, tmp_path: Path, workdir: Path | None = None) -> dict:
@@ -162,6 +203,8 @@ def _for_test_models(workflow: dict) -> dict:
             inputs.update(width=256, height=256, batch_size=2)
         if node["class_type"] == "KSampler":
             inputs["steps"] = 1
+        if node["class_type"] == "ICM_ApplyInContextMatte":
+            inputs["batch_size"] = 2
     return workflow
 
 
@@ -182,18 +225,35 @@ def test_backends_agree_on_the_same_weights(models, tmp_path):
         assert result[name] < 1e-5, (name, result)
 
 
+# per example: how many alpha mattes (one file each) it saves, or how many videos (all frames in each)
+EXPECTED_ALPHAS = {"matte_loaded_images_api.json": 3, "generate_then_matte_api.json": 2,
+                   "points_reference_matte_api.json": 3, "several_references_matte_api.json": 3}
+EXPECTED_VIDEOS = {"video_first_frame_matte_api.json": 2}
+
+
 @pytest.mark.parametrize("name", sorted(p.name for p in (REPO / "workflows" / "api").glob("*_api.json")))
 def test_example_api_workflows_run(name, models, tmp_path):
+    assert name in EXPECTED_ALPHAS or name in EXPECTED_VIDEOS, f"{name}: add its expected outputs to this test"
     workflow = _for_test_models(json.loads((REPO / "workflows" / "api" / name).read_text()))
-    result = _run_workflow(workflow, models, _write_inputs(tmp_path / "input"), tmp_path)
+    workdir = tmp_path / "comfy_base"
+    result = _run_workflow(workflow, models, _write_inputs(tmp_path / "input"), tmp_path, workdir)
     assert result["status"] == "success", json.dumps(result.get("execution_error") or result.get("node_errors"))[:4000]
     assert not result["custom_node_import_failed"]
     alphas = [f for f in result["files"] if "alpha" in Path(f["path"]).name]
     applies = [n for n in workflow.values() if n["class_type"] == "ICM_ApplyInContextMatte"]
     assert applies and alphas
-    batch = {"matte_loaded_images_api.json": 3, "generate_then_matte_api.json": 2}.get(name)
-    if batch is not None:
-        assert len(alphas) == batch
+    if name in EXPECTED_ALPHAS:
+        assert len(alphas) == EXPECTED_ALPHAS[name]
+    if name in EXPECTED_VIDEOS:
+        videos = [f for f in result["files"] if f["path"].endswith(".mp4") and f["path"].startswith("output")]
+        assert len(videos) == EXPECTED_VIDEOS[name] == sum(n["class_type"] == "SaveVideo" for n in workflow.values())
+        assert any("alpha" in Path(f["path"]).name for f in videos), videos
+        for video in videos:  # every frame matted, at the input's size
+            info = _video_info(workdir / video["path"])
+            assert info == {"frames": VIDEO_FRAMES, "width": VIDEO_SIZE[0], "height": VIDEO_SIZE[1]}, (video, info)
+    if any(n["class_type"] == "ICM_SaveReferenceContext" for n in workflow.values()):
+        assert [f for f in result["files"] if f["path"].startswith("output/icm_contexts/")
+                and f["path"].endswith(".safetensors")], result["files"]
 
 
 def test_ui_workflows_validate_against_the_live_catalogue(models, tmp_path, pack_module):

@@ -7,10 +7,21 @@ a Note). From that one description this script writes
 * ``workflows/<name>.json``          the UI/graph format (version 0.4) as the ComfyUI frontend saves it:
   ``widgets_values`` in the node's widget order taken from ``/object_info`` (``input_order``), with the
   ``"fixed"`` control value after every INT that has ``control_after_generate`` and the upload widget's
-  ``"image"`` value after an ``image_upload`` combo (Load Image); links ``[id, from, slot, to, slot, TYPE]``;
+  ``"image"`` value after an ``image_upload`` / ``video_upload`` combo (Load Image, Load Video); links
+  ``[id, from, slot, to, slot, TYPE]``; a widget driven by a link (e.g. Create Video's ``fps`` from Get Video
+  Components) becomes an input slot after the sockets, ``{"name", "type", "widget": {"name"}, "link"}``, and
+  keeps its value in ``widgets_values``, as the frontend saves it;
 * ``workflows/api/<name>_api.json``  the API format (what ``POST /prompt`` takes), same graph and values;
 * ``workflows/<name>.jpg``           a ~400x300 schematic thumbnail drawn with PIL from the sample images in
   ``icm_core/assets/samples`` (ComfyUI shows a ``.jpg`` of the same name as the template's thumbnail).
+
+The workflows: ``matte_loaded_images`` (one painted reference, loaded targets), ``generate_then_matte``
+(SD 2.1 generates, the same model mattes), ``points_reference_matte`` (clicks -> Expand Point Prompt instead
+of a painted mask), ``several_references_matte`` (two painted references -> Combine -> Save Reference Context),
+``video_first_frame_matte`` (core video nodes: Load Video -> Get Video Components -> the first frame + clicks
+as the reference -> every frame matted -> Create Video -> Save Video, alpha and composite). Their input files
+(``icm_reference.png``, ``icm_reference_2.png``, ``icm_target_{1,2,3}.png``, ``icm_video.mp4``) are the
+user's; the integration test writes small stand-ins.
 
 So the three never drift: edit the description below, then rebuild. Only the standard library and PIL
 (the latter only for the thumbnails) are used.
@@ -187,7 +198,219 @@ def generate_then_matte():
     return {"name": "generate_then_matte", "nodes": nodes, "links": links, "groups": groups}
 
 
-WORKFLOWS = (matte_loaded_images, generate_then_matte)
+REFERENCE_2_FILE = "icm_reference_2.png"
+VIDEO_FILE = "icm_video.mp4"
+POINTS_NOTE = (
+    "Points: JSON, a list of clicks in the reference's pixels (x to the right, y down, 0,0 = top-left):\n"
+    '    [{"x": 120, "y": 100}, {"x": 150, "y": 90}]\n'
+    "Any pixel viewer shows the coordinates. Or connect a node that makes this JSON, e.g. the Points Editor "
+    "of KJNodes or the points of a SAM3 pack (the same format): drag its points STRING output onto "
+    "positive_points / negative_points.\n"
+    "- positive_points: clicks on the thing (one or two are often enough).\n"
+    "- negative_points: clicks on what is NOT the thing (e.g. a neighbour that got included); they remove "
+    "their cells and what those cells attend to more than the positive clicks do. [] = none.\n"
+    "- top_m: each clicked cell (16x16 px at the model's 768x768) is extended with the top_m cells the "
+    "reference's own self-attention links it to most strongly (paper section 3.6; 16 by default). Larger = "
+    "a bigger region, 0 = only the clicked cells.\n"
+    "- The preview shows the clicked cells in red and the expanded region highlighted: that region is the "
+    "mask Encode Reference Context gets. Not right? Move or add clicks, change top_m, add negatives.\n"
+    "- Optional: a scribble MASK (strokes on the thing) can be connected too; keep fit the same as in "
+    "Encode Reference Context.\n"
+)
+
+
+def points_reference_matte():
+    """Click on the thing in the reference instead of painting a mask; matte a batch of loaded images."""
+    a, b, c, d, e, f = 460, 840, 1300, 1680, 2060, 2440
+    note = (
+        "In-Context Matting: click on the thing instead of painting a mask.\n\n"
+        + WEIGHTS_NOTE + "\n"
+        "How to use:\n"
+        "1. Step 2: load a reference image that shows the thing. Expand Point Prompt turns a few clicks on it "
+        "into a region mask (no mask editor needed) and feeds it to Encode Reference Context. Type the clicks "
+        "into positive_points (see below) and check the preview.\n"
+        "2. Step 3: load the images to matte (batched; Batch Images resizes every target to the first; chain "
+        "more Load Image + Batch Images pairs for more).\n"
+        "3. Queue. Results: output/icm/rgba_*.png (targets with the matte as alpha) and output/icm/alpha_*.png "
+        "(the mattes).\n\n"
+        + POINTS_NOTE
+    )
+    nodes = [
+        node(1, "Note", [0, 80], [400, 980], {"text": note}, title="Read me: matte from clicks"),
+        node(2, "CheckpointLoaderSimple", [a, 80], widgets={"ckpt_name": SD_CHECKPOINT}),
+        node(3, "ICM_LoadIconMatting", [b, 80], [400, None], widgets={
+            "decoder_name": ICM_DECODER, "timestep": 200, "ensemble_size": 4, "precision": "fp32"}),
+        node(4, "LoadImage", [a, 360], [315, 314], {"image": REFERENCE_FILE}, title="Reference (click on the thing)"),
+        node(5, "ICM_ExpandPointPrompt", [b, 360], [400, 400], {
+            "positive_points": json.dumps([{"x": 120, "y": 100}, {"x": 150, "y": 90}]), "negative_points": "[]",
+            "top_m": 16, "seed": 0}),
+        node(6, "PreviewImage", [c, 360], [315, 314], title="Clicks (red) + expanded region"),
+        node(7, "ICM_EncodeReferenceContext", [b, 830], [400, None], {"invert_mask": False, "seed": 0}),
+        node(8, "PreviewImage", [c, 760], [315, 314], title="Reference tokens used"),
+        node(9, "LoadImage", [a, 1180], [315, 314], {"image": TARGET_FILES[0]}, title="Target 1"),
+        node(10, "LoadImage", [b, 1180], [315, 314], {"image": TARGET_FILES[1]}, title="Target 2"),
+        node(11, "LoadImage", [c, 1180], [315, 314], {"image": TARGET_FILES[2]}, title="Target 3"),
+        node(12, "ImageBatch", [d, 1180], [210, 46]),
+        node(13, "ImageBatch", [d, 1290], [210, 46]),
+        node(14, "ICM_ApplyInContextMatte", [e, 360], widgets={"batch_size": 2, "seed": 0}),
+        node(15, "MaskToImage", [e, 820], [210, 26]),
+        node(16, "SaveImage", [f, 80], [360, 330], {"filename_prefix": "icm/rgba"}, title="Save cut-outs (RGBA)"),
+        node(17, "SaveImage", [f, 480], [360, 330], {"filename_prefix": "icm/alpha"}, title="Save mattes (alpha)"),
+    ]
+    links = [
+        (2, "MODEL", 3, "model"), (2, "VAE", 3, "vae"), (2, "CLIP", 3, "clip"),
+        (3, "icm_model", 5, "icm_model"), (4, "IMAGE", 5, "reference"), (5, "preview", 6, "images"),
+        (3, "icm_model", 7, "icm_model"), (4, "IMAGE", 7, "reference"), (5, "mask", 7, "mask"),
+        (7, "preview", 8, "images"),
+        (9, "IMAGE", 12, "image1"), (10, "IMAGE", 12, "image2"),
+        (12, "IMAGE", 13, "image1"), (11, "IMAGE", 13, "image2"),
+        (3, "icm_model", 14, "icm_model"), (7, "context", 14, "context"), (13, "IMAGE", 14, "images"),
+        (14, "rgba", 16, "images"), (14, "alpha", 15, "mask"), (15, "IMAGE", 17, "images"),
+    ]
+    groups = [
+        ("Step 1 - Load SD 2.1 + the IconMatting decoder", GROUP_BLUE, [2, 3]),
+        ("Step 2 - Reference: click on the thing (positive_points), check the preview", GROUP_YELLOW,
+         [4, 5, 6, 7, 8]),
+        ("Step 3 - Targets to matte (batched; resized to the first)", GROUP_BLUE, [9, 10, 11, 12, 13]),
+        ("Step 4 - Matte all targets, save RGBA + alpha", GROUP_GREEN, [14, 15, 16, 17]),
+    ]
+    return {"name": "points_reference_matte", "nodes": nodes, "links": links, "groups": groups}
+
+
+def several_references_matte():
+    """Two references of the same kind of thing, each with its painted mask, pooled into one context."""
+    a, b, c, d, e, f = 460, 840, 1300, 1680, 2060, 2440
+    note = (
+        "In-Context Matting: several references of the same kind of thing, pooled into ONE context.\n\n"
+        + WEIGHTS_NOTE + "\n"
+        "Why: one reference shows the thing in one pose and light; two or more show more of what it can look "
+        "like, and the mattes get better (the paper's Table 6: more references, better mattes).\n\n"
+        "How to use:\n"
+        "1. Step 2: load two reference images of the same kind of thing and paint the mask on EACH (see "
+        "below). Each is encoded on its own; the previews show the tokens used.\n"
+        "2. Step 3: Combine Reference Contexts pools their marked tokens (up to four; for more, chain a second "
+        "Combine). Save Reference Context writes the combined context to output/icm_contexts/: later, a Load "
+        "Reference Context node (press R to refresh its list) gives it back without the references or their "
+        "masks (same SD 2.1, decoder and Load IconMatting settings).\n"
+        "3. Step 4: load the images to matte (batched; resized to the first).\n"
+        "4. Queue. Results: output/icm/rgba_*.png and output/icm/alpha_*.png.\n\n"
+        + MASK_NOTE
+    )
+    nodes = [
+        node(1, "Note", [0, 80], [400, 900], {"text": note}, title="Read me: several references"),
+        node(2, "CheckpointLoaderSimple", [a, 80], widgets={"ckpt_name": SD_CHECKPOINT}),
+        node(3, "ICM_LoadIconMatting", [b, 80], [400, None], widgets={
+            "decoder_name": ICM_DECODER, "timestep": 200, "ensemble_size": 4, "precision": "fp32"}),
+        node(4, "LoadImage", [a, 360], [315, 314], {"image": REFERENCE_FILE}, title="Reference 1 (paint the mask)"),
+        node(5, "ICM_EncodeReferenceContext", [b, 360], [400, None], {"invert_mask": False, "seed": 0}),
+        node(6, "PreviewImage", [c, 360], [315, 314], title="Reference 1 tokens used"),
+        node(7, "LoadImage", [a, 760], [315, 314], {"image": REFERENCE_2_FILE}, title="Reference 2 (paint the mask)"),
+        node(8, "ICM_EncodeReferenceContext", [b, 760], [400, None], {"invert_mask": False, "seed": 0}),
+        node(9, "PreviewImage", [c, 760], [315, 314], title="Reference 2 tokens used"),
+        node(10, "ICM_CombineReferenceContexts", [d, 360]),
+        node(11, "ICM_SaveReferenceContext", [d, 520], widgets={"filename_prefix": "combined_reference"},
+             title="Save the combined context (reuse it with Load Reference Context)"),
+        node(12, "LoadImage", [a, 1180], [315, 314], {"image": TARGET_FILES[0]}, title="Target 1"),
+        node(13, "LoadImage", [b, 1180], [315, 314], {"image": TARGET_FILES[1]}, title="Target 2"),
+        node(14, "LoadImage", [c, 1180], [315, 314], {"image": TARGET_FILES[2]}, title="Target 3"),
+        node(15, "ImageBatch", [d, 1180], [210, 46]),
+        node(16, "ImageBatch", [d, 1290], [210, 46]),
+        node(17, "ICM_ApplyInContextMatte", [e, 360], widgets={"batch_size": 2, "seed": 0}),
+        node(18, "MaskToImage", [e, 820], [210, 26]),
+        node(19, "SaveImage", [f, 80], [360, 330], {"filename_prefix": "icm/rgba"}, title="Save cut-outs (RGBA)"),
+        node(20, "SaveImage", [f, 480], [360, 330], {"filename_prefix": "icm/alpha"}, title="Save mattes (alpha)"),
+    ]
+    links = [
+        (2, "MODEL", 3, "model"), (2, "VAE", 3, "vae"), (2, "CLIP", 3, "clip"),
+        (3, "icm_model", 5, "icm_model"), (4, "IMAGE", 5, "reference"), (4, "MASK", 5, "mask"),
+        (5, "preview", 6, "images"),
+        (3, "icm_model", 8, "icm_model"), (7, "IMAGE", 8, "reference"), (7, "MASK", 8, "mask"),
+        (8, "preview", 9, "images"),
+        (5, "context", 10, "context_1"), (8, "context", 10, "context_2"), (10, "context", 11, "context"),
+        (12, "IMAGE", 15, "image1"), (13, "IMAGE", 15, "image2"),
+        (15, "IMAGE", 16, "image1"), (14, "IMAGE", 16, "image2"),
+        (3, "icm_model", 17, "icm_model"), (10, "context", 17, "context"), (16, "IMAGE", 17, "images"),
+        (17, "rgba", 19, "images"), (17, "alpha", 18, "mask"), (18, "IMAGE", 20, "images"),
+    ]
+    groups = [
+        ("Step 1 - Load SD 2.1 + the IconMatting decoder", GROUP_BLUE, [2, 3]),
+        ("Step 2 - Two references of the same kind of thing, each with its painted mask", GROUP_YELLOW,
+         [4, 5, 6, 7, 8, 9]),
+        ("Step 3 - Combine (and save)", GROUP_YELLOW, [10, 11]),
+        ("Step 4 - Targets to matte (batched; resized to the first)", GROUP_BLUE, [12, 13, 14, 15, 16]),
+        ("Step 5 - Matte all targets, save RGBA + alpha", GROUP_GREEN, [17, 18, 19, 20]),
+    ]
+    return {"name": "several_references_matte", "nodes": nodes, "links": links, "groups": groups}
+
+
+def video_first_frame_matte():
+    """Video frames -> the first frame as the reference (clicks) -> matte every frame -> alpha + composite videos."""
+    a, b, c, d, e, f = 460, 840, 1300, 1680, 2060, 2440
+    note = (
+        "In-Context Matting: matte a whole video from its first frame (ComfyUI's core video nodes only).\n\n"
+        + WEIGHTS_NOTE + "\n"
+        "How to use:\n"
+        "1. Step 2: Load Video (upload an .mp4/.webm/.mov). Get Video Components splits it into the frames "
+        "(an IMAGE batch), the audio and the frame rate. All frames are decoded into memory: trim long or "
+        "high-resolution videos first.\n"
+        "2. Step 3: Image From Batch takes the first frame (batch_index 0, length 1; pick another index for a "
+        "frame where the thing is seen better) as the reference. A frame of a video cannot be painted in the "
+        "mask editor inside the graph, so Expand Point Prompt makes the mask from clicks: replace the example "
+        "positive_points with clicks on the thing in that frame's pixels, then check the preview.\n"
+        "   Alternative: save the frame once (a Save Image on Image From Batch), load it with a Load Image "
+        "node, paint its mask, and connect that image + MASK to Encode Reference Context instead.\n"
+        "3. Queue. Apply In-Context Matte mattes every frame (batch_size frames per UNet pass). Results, at "
+        "the input's frame rate: output/icm/alpha_video_*.mp4 (the matte as a grey video) and "
+        "output/icm/composite_video_*.mp4 (the thing over the green background_color, with the original "
+        "audio). Connect a background image to Apply for another backdrop.\n"
+        "Each frame is matted on its own (no temporal smoothing): soft edges may flicker a little.\n\n"
+        + POINTS_NOTE
+    )
+    nodes = [
+        node(1, "Note", [0, 80], [400, 1100], {"text": note}, title="Read me: matte a video"),
+        node(2, "CheckpointLoaderSimple", [a, 80], widgets={"ckpt_name": SD_CHECKPOINT}),
+        node(3, "ICM_LoadIconMatting", [b, 80], [400, None], widgets={
+            "decoder_name": ICM_DECODER, "timestep": 200, "ensemble_size": 4, "precision": "fp32"}),
+        node(4, "LoadVideo", [a, 360], [315, 420], {"file": VIDEO_FILE}, title="Video (upload yours)"),
+        node(5, "GetVideoComponents", [a, 850], [315, None]),
+        node(6, "ImageFromBatch", [b, 360], [400, None], {"batch_index": 0, "length": 1},
+             title="First frame = the reference"),
+        node(7, "ICM_ExpandPointPrompt", [b, 510], [400, 400], {
+            "positive_points": json.dumps([{"x": 96, "y": 80}, {"x": 104, "y": 88}]), "negative_points": "[]",
+            "top_m": 16, "seed": 0}),
+        node(8, "PreviewImage", [c, 360], [315, 314], title="Clicks (red) + expanded region"),
+        node(9, "ICM_EncodeReferenceContext", [b, 980], [400, None], {"invert_mask": False, "seed": 0}),
+        node(10, "ICM_ApplyInContextMatte", [d, 360], widgets={"batch_size": 2, "seed": 0,
+                                                              "background_color": "#00ff00"}),
+        node(11, "MaskToImage", [d, 820], [210, 26]),
+        node(12, "CreateVideo", [e, 360], [315, None], {"fps": 30.0}, title="Alpha video"),
+        node(13, "CreateVideo", [e, 560], [315, None], {"fps": 30.0}, title="Composite video"),
+        node(14, "SaveVideo", [f, 80], [360, 330], {"filename_prefix": "icm/alpha_video", "format": "auto",
+                                                    "codec": "auto"}, title="Save alpha video"),
+        node(15, "SaveVideo", [f, 480], [360, 330], {"filename_prefix": "icm/composite_video", "format": "auto",
+                                                     "codec": "auto"}, title="Save composite video"),
+    ]
+    links = [
+        (2, "MODEL", 3, "model"), (2, "VAE", 3, "vae"), (2, "CLIP", 3, "clip"),
+        (4, "VIDEO", 5, "video"), (5, "images", 6, "image"),
+        (3, "icm_model", 7, "icm_model"), (6, "IMAGE", 7, "reference"), (7, "preview", 8, "images"),
+        (3, "icm_model", 9, "icm_model"), (6, "IMAGE", 9, "reference"), (7, "mask", 9, "mask"),
+        (3, "icm_model", 10, "icm_model"), (9, "context", 10, "context"), (5, "images", 10, "images"),
+        (10, "alpha", 11, "mask"), (11, "IMAGE", 12, "images"), (5, "fps", 12, "fps"),
+        (10, "composite", 13, "images"), (5, "audio", 13, "audio"), (5, "fps", 13, "fps"),
+        (12, "VIDEO", 14, "video"), (13, "VIDEO", 15, "video"),
+    ]
+    groups = [
+        ("Step 1 - Load SD 2.1 + the IconMatting decoder", GROUP_BLUE, [2, 3]),
+        ("Step 2 - Load the video", GROUP_BLUE, [4, 5]),
+        ("Step 3 - First frame as the reference: click on the thing", GROUP_YELLOW, [6, 7, 8, 9]),
+        ("Step 4 - Matte every frame, save alpha + composite videos", GROUP_GREEN, [10, 11, 12, 13, 14, 15]),
+    ]
+    return {"name": "video_first_frame_matte", "nodes": nodes, "links": links, "groups": groups}
+
+
+WORKFLOWS = (matte_loaded_images, generate_then_matte, points_reference_matte, several_references_matte,
+             video_first_frame_matte)
 
 
 # ----------------------------------------------------------------------------------------------------------
@@ -225,6 +448,27 @@ def socket_inputs(info):
     return [(name, _spec_type_opts(spec)[0]) for name, spec, _ in _inputs_in_order(info) if not _is_widget(spec)]
 
 
+def widget_inputs(info):
+    """The widget inputs that a link can drive, in ``input_order``: {name: type} (a COMBO's list -> COMBO)."""
+    out = {}
+    for name, spec, _ in _inputs_in_order(info):
+        if _is_widget(spec):
+            typ = _spec_type_opts(spec)[0]
+            out[name] = "COMBO" if isinstance(typ, list) else typ
+    return out
+
+
+def input_slots(info, linked_widgets=()):
+    """The node's input slots as the frontend saves them: [(name, type, is_widget)].
+
+    The sockets first, then every widget that is driven by a link (in ``input_order``), which the frontend
+    saves as an input with ``"widget": {"name": ...}`` while keeping its value in ``widgets_values``.
+    """
+    slots = [(name, typ, False) for name, typ in socket_inputs(info)]
+    slots += [(name, typ, True) for name, typ in widget_inputs(info).items() if name in linked_widgets]
+    return slots
+
+
 def widget_values(ntype, info, values):
     """(UI widgets_values, API widget inputs) from values by name; defaults from the catalogue fill gaps."""
     ui, api = [], {}
@@ -244,8 +488,8 @@ def widget_values(ntype, info, values):
         api[name] = value
         if opts.get("control_after_generate"):
             ui.append("fixed")
-        if opts.get("image_upload"):
-            ui.append("image")  # the frontend's upload button widget; not sent to the backend
+        if opts.get("image_upload") or opts.get("video_upload"):
+            ui.append("image")  # the frontend's upload button widget (Load Image / Load Video); not sent to the backend
     unknown = set(values) - known
     if unknown:
         raise BuildError(f"{ntype}: unknown widget(s) {sorted(unknown)}")
@@ -305,21 +549,25 @@ def build(desc, oi):
             raise BuildError(f"{desc['name']}: node type {n['type']} is not in the catalogue")
         infos[n["id"]] = oi[n["type"]]
 
-    # links: resolve socket names to slots
+    # links: resolve input names to slots (sockets, or widgets driven by a link: see input_slots)
+    linked_widgets = {}
+    for src, out_name, dst, in_name in desc["links"]:
+        if in_name in widget_inputs(infos[dst]):
+            linked_widgets.setdefault(dst, set()).add(in_name)
+    slots = {nid: input_slots(info, linked_widgets.get(nid, ())) for nid, info in infos.items()}
     ui_links, in_link, out_links = [], {}, {}
     for link_id, (src, out_name, dst, in_name) in enumerate(desc["links"], start=1):
-        sinfo, dinfo = infos[src], infos[dst]
+        sinfo = infos[src]
         names = sinfo.get("output_name") or sinfo["output"]
         if out_name not in names:
             raise BuildError(f"{desc['name']}: node {src} ({by_id[src]['type']}) has no output {out_name}")
         out_slot = names.index(out_name)
         out_type = sinfo["output"][out_slot]
-        sockets = socket_inputs(dinfo)
-        slot_names = [s[0] for s in sockets]
+        slot_names = [s[0] for s in slots[dst]]
         if in_name not in slot_names:
-            raise BuildError(f"{desc['name']}: node {dst} ({by_id[dst]['type']}) has no socket input {in_name}")
+            raise BuildError(f"{desc['name']}: node {dst} ({by_id[dst]['type']}) has no input {in_name}")
         in_slot = slot_names.index(in_name)
-        in_type = sockets[in_slot][1]
+        in_type = slots[dst][in_slot][1]
         if in_type != out_type and "*" not in (in_type, out_type):
             raise BuildError(f"{desc['name']}: link {link_id} connects {out_type} to {in_type}")
         if (dst, in_name) in in_link:
@@ -343,8 +591,8 @@ def build(desc, oi):
             ui_nodes.append(ui)
             continue
         info = infos[nid]
-        sockets = socket_inputs(info)
-        for name, _ in sockets:
+        sockets = slots[nid]
+        for name, _, _ in sockets:
             if (nid, name) not in in_link and name in info.get("input", {}).get("required", {}):
                 raise BuildError(f"{desc['name']}: required input {nid}.{name} ({ntype}) is not connected")
         widgets_ui, widgets_api = widget_values(ntype, info, n["widgets"])
@@ -357,7 +605,8 @@ def build(desc, oi):
             "id": nid, "type": ntype, "pos": n["pos"],
             "size": _node_size(n, len(sockets), len(outputs), len(widgets_ui)),
             "flags": {}, "order": order[nid], "mode": 0,
-            "inputs": [{"name": name, "type": typ, "link": in_link.get((nid, name))} for name, typ in sockets],
+            "inputs": [{"name": name, "type": typ, **({"widget": {"name": name}} if is_widget else {}),
+                        "link": in_link.get((nid, name))} for name, typ, is_widget in sockets],
             "outputs": outputs,
         }
         if n["title"]:
@@ -368,8 +617,8 @@ def build(desc, oi):
             ui["color"], ui["bgcolor"] = n["color"]
         ui_nodes.append(ui)
 
-        inputs = dict(widgets_api)
-        for name, _ in sockets:
+        inputs = dict(widgets_api)  # a widget driven by a link sends the link instead of its value
+        for name, _, _ in sockets:
             link_id = in_link.get((nid, name))
             if link_id is not None:
                 link = ui_links[link_id - 1]
@@ -580,8 +829,259 @@ def draw_thumbnail(name, samples):
     return im
 
 
+def _clicks_in(mask, n=2):
+    """``n`` pixel positions inside the mask (the first near its centre of mass), like clicks on the thing."""
+    xs, ys, total = 0, 0, 0
+    w, h = mask.size
+    px = mask.load()
+    for y in range(0, h, 2):
+        for x in range(0, w, 2):
+            if px[x, y] >= 128:
+                xs, ys, total = xs + x, ys + y, total + 1
+    cx, cy = (xs / total, ys / total) if total else (w / 2, h / 2)
+    points = [(cx, cy)]
+    for dx, dy in ((0.14, -0.1), (-0.14, 0.1), (0.1, 0.12)):
+        if len(points) == n:
+            break
+        x, y = cx + dx * w, cy + dy * h
+        if 0 <= x < w and 0 <= y < h and px[int(x), int(y)] >= 128:
+            points.append((x, y))
+    return points
+
+
+def _draw_clicks(img, points, scale, radius=3):
+    """Red click markers (points in the original image's pixels, ``scale`` = shown / original)."""
+    from PIL import ImageDraw
+
+    d = ImageDraw.Draw(img)
+    for x, y in points:
+        x, y = x * scale, y * scale
+        d.ellipse([x - radius, y - radius, x + radius, y + radius], fill=(230, 40, 40), outline=(255, 255, 255))
+    return img
+
+
+def _expanded_preview(rgb, mask, points, cells=8):
+    """Like the Expand node's preview: the expanded region highlighted, the clicked cells in red."""
+    from PIL import ImageDraw
+
+    out = _token_preview(rgb, mask, cells)
+    d = ImageDraw.Draw(out)
+    for x, y in points:
+        col, row = int(x * cells / rgb.width), int(y * cells / rgb.height)
+        d.rectangle([col * rgb.width // cells, row * rgb.height // cells, (col + 1) * rgb.width // cells - 1,
+                     (row + 1) * rgb.height // cells - 1], outline=(235, 40, 40), width=max(1, rgb.width // 60))
+    return out
+
+
+def _film_strip(canvas, frames, xy, frame_w, frame_h, gap=4, edge=BOX_EDGE, first_edge=None):
+    """Frames side by side on a dark strip with sprocket holes above and below; returns the frames' boxes."""
+    from PIL import ImageDraw
+
+    d = ImageDraw.Draw(canvas)
+    x0, y0 = xy
+    width = len(frames) * (frame_w + gap) + gap
+    d.rectangle([x0, y0, x0 + width, y0 + frame_h + 16], fill="#0c0c0e", outline=edge)
+    for hx in range(x0 + 4, x0 + width - 4, 9):
+        d.rectangle([hx, y0 + 3, hx + 4, y0 + 6], fill="#8a8f9a")
+        d.rectangle([hx, y0 + frame_h + 10, hx + 4, y0 + frame_h + 13], fill="#8a8f9a")
+    boxes = []
+    for i, frame in enumerate(frames):
+        img = _fit(frame, frame_w, frame_h)
+        fx = x0 + gap + i * (frame_w + gap) + (frame_w - img.width) // 2
+        fy = y0 + 8 + (frame_h - img.height) // 2
+        canvas.paste(img, (fx, fy))
+        if i == 0 and first_edge:
+            d.rectangle([fx - 1, fy - 1, fx + img.width, fy + img.height], outline=first_edge)
+        boxes.append((fx, fy, fx + img.width, fy + img.height))
+    return boxes
+
+
+def _matte_columns(im, d, samples, small, app_box, pairs=None):
+    """The right column's alpha mattes and RGBA cut-outs of the targets, with arrows from Apply."""
+    pairs = pairs or list(zip(samples["targets"], samples["alphas"]))
+    d.text((332, 124), "alpha mattes", fill=TEXT, font=small, anchor="mm")
+    d.text((332, 204), "RGBA cut-outs", fill=TEXT, font=small, anchor="mm")
+    for i, (t, a) in enumerate(pairs):
+        x = 276 + i * 41
+        _paste_framed(im, _fit(a.convert("RGB"), 37, 62), (x, 134))
+        _paste_framed(im, _fit(_cutout(t, a), 37, 62), (x, 214))
+    _arrow(d, (app_box[2] + 2, 208), (272, 170))
+    _arrow(d, (app_box[2] + 2, 228), (272, 240))
+
+
+def draw_points_thumbnail(samples):
+    """Reference + two clicks -> Expand Point Prompt -> Encode -> Apply -> mattes and cut-outs."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (THUMB_W, THUMB_H), BG)
+    d = ImageDraw.Draw(im)
+    title_font, font, small = _font(15), _font(11), _font(10)
+    d.text((THUMB_W / 2, 13), "Click on the thing instead of painting a mask", fill=TEXT, font=title_font,
+           anchor="mm")
+    ref, mask = samples["reference"], samples["reference_mask"]
+    clicks = _clicks_in(mask)
+
+    d.text((77, 34), "reference + 2 clicks", fill=ACCENT, font=small, anchor="mm")
+    shown = _fit(ref, 66, 66)
+    _paste_framed(im, _draw_clicks(shown, clicks, shown.width / ref.width), (9, 44), edge=ACCENT)
+    d.multiline_text((80, 50), 'positive_points\n[{"x": .., "y": ..},\n {"x": .., "y": ..}]\ntop_m 16',
+                     fill=TEXT, font=small, spacing=2)
+    sd_box = (8, 124, 146, 160)
+    _box(d, sd_box, "SD 2.1 checkpoint", font)
+    d.text((77, 186), "targets (Load Image)", fill=TEXT, font=small, anchor="mm")
+    for x, t in zip((9, 57, 105), samples["targets"]):
+        _paste_framed(im, _fit(t, 44, 62), (x, 196))
+
+    load_box, exp_box = (168, 28, 262, 58), (168, 76, 262, 106)
+    enc_box, app_box = (168, 128, 262, 158), (168, 196, 262, 240)
+    _box(d, load_box, "Load\nIconMatting", font)
+    _box(d, exp_box, "Expand Point\nPrompt", font, edge=ACCENT)
+    _box(d, enc_box, "Encode\nReference", font)
+    _box(d, app_box, "Apply In-Context\nMatte", font, fill="#3d4a3a", edge="#8a8")
+    d.line([(sd_box[2], 142), (156, 142), (156, 43)], fill=ARROW, width=2)
+    _arrow(d, (156, 43), (load_box[0] - 2, 43))
+    _arrow(d, (76, 112), (exp_box[0] - 2, 96), color=ACCENT)
+    _arrow(d, (215, load_box[3]), (215, exp_box[1] - 2))
+    _arrow(d, (215, exp_box[3]), (215, enc_box[1] - 2))
+    d.text((222, 117), "mask", fill=ACCENT, font=small, anchor="lm")
+    _arrow(d, (215, enc_box[3]), (215, app_box[1] - 2))
+    _arrow(d, (152, 226), (app_box[0] - 2, 222))
+
+    d.text((332, 34), "preview (region)", fill=TEXT, font=small, anchor="mm")
+    preview = _fit(_expanded_preview(ref, mask, clicks), 66, 66)
+    _paste_framed(im, preview, (299, 44))
+    _arrow(d, (exp_box[2] + 2, 90), (295, 78))
+    _matte_columns(im, d, samples, small, app_box)
+    d.text((THUMB_W / 2, THUMB_H - 12), "two clicks -> a region mask -> a soft alpha for every image", fill=ARROW,
+           font=small, anchor="mm")
+    return im
+
+
+def draw_several_thumbnail(samples):
+    """Two references with masks -> two Encodes -> Combine (-> Save) -> Apply -> mattes and cut-outs."""
+    from PIL import Image, ImageDraw, ImageOps
+
+    im = Image.new("RGB", (THUMB_W, THUMB_H), BG)
+    d = ImageDraw.Draw(im)
+    title_font, font, small = _font(15), _font(11), _font(10)
+    d.text((THUMB_W / 2, 13), "Several references, one combined context", fill=TEXT, font=title_font,
+           anchor="mm")
+    refs = [(samples["reference"], samples["reference_mask"]),
+            (ImageOps.mirror(samples["targets"][0]),
+             ImageOps.mirror(samples["alphas"][0]).point(lambda v: 255 if v >= 128 else 0))]
+
+    d.text((77, 32), "2 references + painted masks", fill=ACCENT, font=small, anchor="mm")
+    for row, (rgb, mask) in enumerate(refs):
+        y = 42 + row * 52
+        _paste_framed(im, _fit(rgb, 46, 46), (24, y), edge=ACCENT)
+        _paste_framed(im, _fit(mask.convert("RGB"), 46, 46), (84, y), edge=ACCENT)
+        d.text((12, y + 23), str(row + 1), fill=ACCENT, font=font, anchor="mm")
+    sd_box = (8, 150, 146, 176)
+    _box(d, sd_box, "SD 2.1 checkpoint", font)
+    d.text((77, 188), "targets (Load Image)", fill=TEXT, font=small, anchor="mm")
+    for x, t in zip((9, 57, 105), samples["targets"]):
+        _paste_framed(im, _fit(t, 44, 62), (x, 198))
+
+    load_box, enc_box = (168, 28, 262, 56), (168, 72, 262, 102)
+    comb_box, app_box = (168, 124, 262, 154), (168, 196, 262, 240)
+    _box(d, load_box, "Load\nIconMatting", font)
+    _box(d, (172, 68, 266, 98), "", font)  # a second Encode behind the first
+    _box(d, enc_box, "Encode\nReference x2", font)
+    _box(d, comb_box, "Combine\nContexts", font, edge=ACCENT)
+    _box(d, app_box, "Apply In-Context\nMatte", font, fill="#3d4a3a", edge="#8a8")
+    d.line([(sd_box[2], 163), (156, 163), (156, 42)], fill=ARROW, width=2)
+    _arrow(d, (156, 42), (load_box[0] - 2, 42))
+    _arrow(d, (132, 65), (enc_box[0] - 2, 82), color=ACCENT)
+    _arrow(d, (132, 117), (enc_box[0] - 2, 94), color=ACCENT)
+    _arrow(d, (215, load_box[3]), (215, enc_box[1] - 2))
+    _arrow(d, (215, enc_box[3]), (215, comb_box[1] - 2))
+    _arrow(d, (215, comb_box[3]), (215, app_box[1] - 2))
+    _arrow(d, (152, 228), (app_box[0] - 2, 224))
+
+    save_box = (280, 40, 392, 84)
+    _box(d, save_box, "Save Reference\nContext\n(.safetensors)", small)
+    d.multiline_text((336, 102), "reuse it later with\nLoad Reference Context", fill=ARROW, font=small, anchor="mm",
+                     align="center", spacing=1)
+    _arrow(d, (comb_box[2] + 2, 139), (save_box[0] - 2, 70))
+    _matte_columns(im, d, samples, small, app_box)
+    d.text((THUMB_W / 2, THUMB_H - 12), "more references of the thing -> better mattes", fill=ARROW, font=small,
+           anchor="mm")
+    return im
+
+
+def _video_frames(samples, n=3):
+    """A short pan across a sample image and its true alpha: (frames, alphas)."""
+    rgb, alpha = samples["targets"][2], samples["alphas"][2]
+    w, h = rgb.size
+    cw = int(w * 0.75)
+    frames, alphas = [], []
+    for i in range(n):
+        x = int((w - cw) * i / max(1, n - 1))
+        frames.append(rgb.crop((x, 0, x + cw, h)))
+        alphas.append(alpha.crop((x, 0, x + cw, h)))
+    return frames, alphas
+
+
+def draw_video_thumbnail(samples):
+    """Video frames -> the first frame + clicks -> Expand -> Encode -> Apply on all frames -> two videos."""
+    from PIL import Image, ImageDraw
+
+    im = Image.new("RGB", (THUMB_W, THUMB_H), BG)
+    d = ImageDraw.Draw(im)
+    title_font, font, small = _font(15), _font(11), _font(10)
+    d.text((THUMB_W / 2, 13), "Matte a video from its first frame", fill=TEXT, font=title_font, anchor="mm")
+    frames, alphas = _video_frames(samples)
+    mask0 = alphas[0].point(lambda v: 255 if v >= 128 else 0)
+    clicks = _clicks_in(mask0)
+
+    d.text((77, 32), "video frames (Load Video)", fill=TEXT, font=small, anchor="mm")
+    _film_strip(im, frames, (8, 40), 42, 56, first_edge=ACCENT)
+    d.text((45, 128), "frame 0 + clicks", fill=ACCENT, font=small, anchor="mm")
+    shown = _fit(frames[0], 62, 82)
+    _paste_framed(im, _draw_clicks(shown, clicks, shown.width / frames[0].width), (14, 138), edge=ACCENT)
+    sd_box = (88, 180, 146, 216)
+    _box(d, sd_box, "SD 2.1\ncheckpoint", font)
+
+    load_box, exp_box = (168, 28, 262, 58), (168, 76, 262, 106)
+    enc_box, app_box = (168, 128, 262, 158), (168, 196, 262, 240)
+    _box(d, load_box, "Load\nIconMatting", font)
+    _box(d, exp_box, "Expand Point\nPrompt", font, edge=ACCENT)
+    _box(d, enc_box, "Encode\nReference", font)
+    _box(d, app_box, "Apply In-Context\nMatte (all frames)", font, fill="#3d4a3a", edge="#8a8")
+    d.line([(sd_box[2], 198), (156, 198), (156, 43)], fill=ARROW, width=2)
+    _arrow(d, (156, 43), (load_box[0] - 2, 43))
+    _arrow(d, (78, 146), (exp_box[0] - 2, 98), color=ACCENT)
+    _arrow(d, (215, load_box[3]), (215, exp_box[1] - 2))
+    _arrow(d, (215, exp_box[3]), (215, enc_box[1] - 2))
+    d.text((222, 117), "mask", fill=ACCENT, font=small, anchor="lm")
+    _arrow(d, (215, enc_box[3]), (215, app_box[1] - 2))
+    d.line([(152, 76), (162, 76), (162, 226)], fill=ARROW, width=2)  # all frames go to Apply
+    _arrow(d, (162, 226), (app_box[0] - 2, 226))
+
+    d.text((332, 32), "preview (region)", fill=TEXT, font=small, anchor="mm")
+    _paste_framed(im, _fit(_expanded_preview(frames[0], mask0, clicks), 56, 74), (304, 42))
+    _arrow(d, (exp_box[2] + 2, 90), (300, 78))
+    green = [Image.composite(f, Image.new("RGB", f.size, (0, 200, 60)), a.convert("L")) for f, a in zip(frames, alphas)]
+    d.text((332, 128), "alpha video (.mp4)", fill=TEXT, font=small, anchor="mm")
+    _film_strip(im, [a.convert("RGB") for a in alphas], (268, 136), 36, 46)
+    d.text((332, 206), "composite video (.mp4)", fill=TEXT, font=small, anchor="mm")
+    _film_strip(im, green, (268, 214), 36, 46)
+    _arrow(d, (app_box[2] + 2, 206), (266, 166))
+    _arrow(d, (app_box[2] + 2, 230), (266, 240))
+    d.text((THUMB_W / 2, THUMB_H - 12), "one frame + two clicks -> every frame matted, same fps", fill=ARROW,
+           font=small, anchor="mm")
+    return im
+
+
+THUMBNAILS = {
+    "points_reference_matte": draw_points_thumbnail,
+    "several_references_matte": draw_several_thumbnail,
+    "video_first_frame_matte": draw_video_thumbnail,
+}
+
+
 def write_thumbnail(name, samples, path):
-    img = draw_thumbnail(name, samples)
+    img = THUMBNAILS[name](samples) if name in THUMBNAILS else draw_thumbnail(name, samples)
     for quality in (85, 80, 75, 70):
         img.save(path, "JPEG", quality=quality, optimize=True)
         if path.stat().st_size < 60_000:
