@@ -33,6 +33,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
 logger = logging.getLogger(__name__)
@@ -247,3 +248,12 @@ def _strip_suffix(name: str) -> str:
         if lowered.endswith(suffix):
             return name[: -len(suffix)]
     return name
+
+
+def check_same_size(item: DatasetItem, image: torch.Tensor, alpha: torch.Tensor) -> None:
+    """Raise DatasetError unless an image ``[C, H, W]`` and its alpha ``[H, W]`` have the same size."""
+    if tuple(image.shape[-2:]) != tuple(alpha.shape):
+        raise DatasetError(
+            f"{item.name}: image {item.image.name} is {image.shape[-1]}x{image.shape[-2]} but alpha "
+            f"{item.alpha.name} is {alpha.shape[1]}x{alpha.shape[0]}; expected the same size."
+        )

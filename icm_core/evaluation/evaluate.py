@@ -39,7 +39,7 @@ import torch
 from ..image_io import read_image, read_mask, save_image_atomic
 from ..metrics import MattingErrors, compute_all, unknown_region
 from ..pipeline import EmptyReferenceError, IconMatting, ReferenceContext
-from .dataset import DatasetError, DatasetItem, load_dataset, load_reference_choice, read_trimap, split_group
+from .dataset import DatasetError, DatasetItem, check_same_size, load_dataset, load_reference_choice, read_trimap, split_group
 
 logger = logging.getLogger(__name__)
 
@@ -267,7 +267,7 @@ def _encode_group(
     images, masks = [], []
     for item in references:
         image, mask = read_image(item.image), read_mask(item.alpha)
-        _check_same_size(item, image, mask)
+        check_same_size(item, image, mask)
         images.append(center_square(image) if crop else image)
         masks.append(center_square(mask) if crop else mask)
     try:
@@ -281,7 +281,7 @@ def _encode_group(
 
 def _load_target(item: DatasetItem, protocol: EvaluationProtocol) -> _Target:
     image, alpha = read_image(item.image), read_mask(item.alpha)
-    _check_same_size(item, image, alpha)
+    check_same_size(item, image, alpha)
     trimap = None
     if protocol.region == "unknown":
         if item.trimap is None:  # evaluate_dataset checks this before matting anything
@@ -297,14 +297,6 @@ def _load_target(item: DatasetItem, protocol: EvaluationProtocol) -> _Target:
         trimap = None if trimap is None else center_square(trimap)
     region = None if trimap is None else unknown_region(np.ascontiguousarray(trimap))
     return _Target(item, image, alpha.contiguous(), region)
-
-
-def _check_same_size(item: DatasetItem, image: torch.Tensor, alpha: torch.Tensor) -> None:
-    if tuple(image.shape[-2:]) != tuple(alpha.shape):
-        raise DatasetError(
-            f"{item.name}: image {item.image.name} is {image.shape[-1]}x{image.shape[-2]} but alpha "
-            f"{item.alpha.name} is {alpha.shape[1]}x{alpha.shape[0]}; expected the same size."
-        )
 
 
 def _safe_name(name: str) -> str:

@@ -28,7 +28,7 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..evaluation.dataset import DatasetError, DatasetGroup, DatasetItem, MattingDataset
+from ..evaluation.dataset import DatasetError, DatasetGroup, DatasetItem, MattingDataset, check_same_size
 from ..image_io import read_image, read_mask
 from ..images import stretch_to_square
 from ..modeling.similarity import pool_token_mask
@@ -97,14 +97,14 @@ def apply_crop(tensor: torch.Tensor, box: CropBox) -> torch.Tensor:
 def load_target(item: DatasetItem, box: CropBox) -> TargetSample:
     """Read and crop a target; the segmentation flag is decided on the whole (uncropped) alpha."""
     image, alpha = read_image(item.image)[:3], read_mask(item.alpha)
-    _check_sizes(item, image, alpha)
+    check_same_size(item, image, alpha)
     return TargetSample(apply_crop(image, box), apply_crop(alpha[None], box).clamp(0, 1), is_binary_alpha(alpha))
 
 
 def load_reference(item: DatasetItem, size: int) -> tuple[torch.Tensor, torch.Tensor]:
     """Reference image ``[3, S, S]`` in [0, 1] and RoI ``[S, S]`` (its alpha), stretched as by the pipeline."""
     image, alpha = read_image(item.image)[:3], read_mask(item.alpha)
-    _check_sizes(item, image, alpha)
+    check_same_size(item, image, alpha)
     return stretch_to_square(image, size), stretch_to_square(alpha[None], size)[0]
 
 
@@ -172,14 +172,6 @@ class PairSampler:
             _, mask = load_reference(item, self.size)
             self._usable[item.name] = bool(pool_token_mask(mask, self.token_grid).any())
         return self._usable[item.name]
-
-
-def _check_sizes(item: DatasetItem, image: torch.Tensor, alpha: torch.Tensor) -> None:
-    if tuple(image.shape[-2:]) != tuple(alpha.shape):
-        raise DatasetError(
-            f"{item.name}: image is {image.shape[-1]}x{image.shape[-2]} but its alpha is "
-            f"{alpha.shape[1]}x{alpha.shape[0]}; expected the same size."
-        )
 
 
 def _stable_int(text: str) -> int:
