@@ -54,6 +54,8 @@ def load_engine(
     device: str | torch.device = "cpu",
     dtype: torch.dtype = torch.float32,
     extraction: ExtractionConfig | None = None,
+    autocast_dtype: torch.dtype | None = None,
+    channels_last: bool = False,
 ) -> IconMatting:
     """SD 2.1 (diffusers folder or single file) + decoder checkpoint -> engine on ``device``.
 
@@ -65,7 +67,9 @@ def load_engine(
         raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device; pass --device cpu.")
     decoder_model = decoder if isinstance(decoder, InContextDecoder) else load_decoder(decoder)
     parts = load_stable_diffusion(stable_diffusion, device=device, dtype=dtype)
-    backend = DiffusersFeatureBackend(parts.unet, parts.vae, parts.empty_prompt_embedding)
+    backend = DiffusersFeatureBackend(
+        parts.unet, parts.vae, parts.empty_prompt_embedding, autocast_dtype=autocast_dtype, channels_last=channels_last
+    )
     engine = IconMatting(backend, decoder_model, extraction)
     source = "an in-memory decoder" if isinstance(decoder, InContextDecoder) else decoder
     logger.info("loaded IconMatting: SD from %s, decoder from %s, on %s/%s", parts.source, source, device, dtype)

@@ -55,7 +55,10 @@ def add_matte_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--timestep", type=int, default=200, help="diffusion timestep (default 200)")
     run.add_argument("--batch-size", type=int, default=4, help="targets per UNet pass (default 4)")
     run.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
-    run.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="UNet/VAE precision (default fp32)")
+    run.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="UNet/VAE weight precision (default fp32)")
+    run.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
+                     help="run VAE/UNet under autocast in this precision (attention softmax stays fp32)")
+    run.add_argument("--channels-last", action="store_true", help="channels-last UNet (faster convolutions on GPUs)")
     matte.set_defaults(handler=run_matte_command)
 
 
@@ -98,7 +101,10 @@ def run_matte_command(args: argparse.Namespace) -> int:
         raise SystemExit(f"error: {error}") from error
     decoder = load_decoder(args.decoder)  # first: its image size fixes the extraction size (768 for the release)
     extraction = ExtractionConfig(timestep=args.timestep, ensemble_size=args.ensemble, image_size=decoder.config.image_size)
-    engine = load_engine(args.sd, decoder, device=args.device, dtype=DTYPES[args.dtype], extraction=extraction)
+    engine = load_engine(
+        args.sd, decoder, device=args.device, dtype=DTYPES[args.dtype], extraction=extraction,
+        autocast_dtype=DTYPES[args.autocast] if args.autocast else None, channels_last=args.channels_last,
+    )
     context = _reference_context(engine, args)
     if args.save_context is not None:
         save_context(context, args.save_context)

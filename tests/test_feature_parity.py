@@ -111,3 +111,25 @@ def test_chunked_attention_equals_plain_softmax_attention(per_row):
     weights = (query @ key.transpose(-1, -2) * 8**-0.5).softmax(-1)
     torch.testing.assert_close(probabilities, weights.mean(1), atol=1e-6, rtol=0)
     torch.testing.assert_close(output, weights @ value, atol=1e-5, rtol=0)
+
+
+def test_autocast_and_channels_last_options(golden):
+    """bf16 autocast stays close to fp32 with fp32 attention maps; channels-last changes nothing but the layout."""
+    from icm_core.tiny import build_tiny_backend
+
+    reference = build_tiny_backend(seed=0)
+    latents = golden["tgt_noisy_latents"]
+    exact = reference.unet_features(latents, 200, ensemble_size=2, record_attention=True)
+    fresh = build_tiny_backend(seed=0)
+    autocast = DiffusersFeatureBackend(fresh.unet, fresh.vae, fresh.prompt, autocast_dtype=torch.bfloat16)
+    low_precision = autocast.unet_features(latents, 200, ensemble_size=2, record_attention=True)
+    assert low_precision.attention_high.dtype == torch.float32
+    torch.testing.assert_close(low_precision.attention_high.sum(-1), torch.ones(2, 8, 8), atol=1e-5, rtol=0)
+    scale = float(exact.high.abs().max())
+    assert float((low_precision.high - exact.high).abs().max()) < 0.05 * scale
+    assert float((low_precision.attention_high - exact.attention_high).abs().max()) < 0.02
+    fresh = build_tiny_backend(seed=0)
+    channels_last = DiffusersFeatureBackend(fresh.unet, fresh.vae, fresh.prompt, channels_last=True)
+    same = channels_last.unet_features(latents, 200, ensemble_size=2, record_attention=True)
+    torch.testing.assert_close(same.high, exact.high, atol=1e-5, rtol=0)
+    torch.testing.assert_close(same.attention_low, exact.attention_low, atol=1e-6, rtol=0)

@@ -48,8 +48,9 @@ def chunked_attention_with_probabilities(
     for rows in row_groups:
         for start in range(0, tokens, rows_per_chunk):
             stop = min(start + rows_per_chunk, tokens)
-            scores = torch.matmul(query[rows, :, start:stop].float(), key_t[rows]) * scale
-            weights = scores.softmax(dim=-1)
+            with torch.autocast(query.device.type, enabled=False):  # scores and softmax in fp32, also under autocast
+                scores = torch.matmul(query[rows, :, start:stop].float(), key_t[rows]) * scale
+                weights = scores.softmax(dim=-1)
             probabilities[rows, start:stop] = weights.mean(dim=1)
             output[rows, :, start:stop] = torch.matmul(weights.to(value.dtype), value[rows])
     return output, probabilities

@@ -79,6 +79,9 @@ class DiffusersFeatureBackend:
         empty_prompt_embedding: ``[1, 77, D]`` text embedding of the empty prompt.
         alphas_cumprod: ``[1000]`` noise schedule; SD's ``scaled_linear`` by default.
         attention_chunk_bytes: bound on the attention score buffer of one query chunk.
+        autocast_dtype: run the VAE encoder and UNet under ``torch.autocast`` with this dtype (fp16/bf16) while the
+            weights stay as loaded; attention scores and softmax stay fp32.
+        channels_last: use the channels-last memory format for the UNet (faster convolutions on GPUs).
     """
 
     def __init__(
@@ -88,8 +91,14 @@ class DiffusersFeatureBackend:
         empty_prompt_embedding: torch.Tensor,
         alphas_cumprod: torch.Tensor | None = None,
         attention_chunk_bytes: int = DEFAULT_CHUNK_BYTES,
+        autocast_dtype: torch.dtype | None = None,
+        channels_last: bool = False,
     ) -> None:
         self.unet = unet.eval().requires_grad_(False)
+        self.autocast_dtype = autocast_dtype
+        self.channels_last = channels_last
+        if channels_last:
+            self.unet.to(memory_format=torch.channels_last)
         self.vae = vae.eval().requires_grad_(False)
         parameter = next(unet.parameters())
         self.device = parameter.device
@@ -106,7 +115,8 @@ class DiffusersFeatureBackend:
 
     def latent_distribution(self, images: torch.Tensor) -> LatentDistribution:
         vae_dtype = next(self.vae.parameters()).dtype
-        posterior = self.vae.encode(images.to(self.device, vae_dtype)).latent_dist
+        with self._autocast():
+            posterior = self.vae.encode(images.to(self.device, vae_dtype)).latent_dist
         scale = float(self.vae.config.scaling_factor)
         return LatentDistribution(mean=posterior.mean.float() * scale, std=posterior.std.float() * scale)
 
@@ -122,10 +132,13 @@ class DiffusersFeatureBackend:
         images = rows // ensemble_size
         accumulator = AttentionAccumulator(images, ensemble_size)
         outputs: dict[str, torch.Tensor] = {}
-        with self._recording(accumulator, outputs, record_attention):
+        latents = noisy_latents.to(self.device, self.dtype)
+        if self.channels_last:
+            latents = latents.contiguous(memory_format=torch.channels_last)
+        with self._recording(accumulator, outputs, record_attention), self._autocast():
             try:
                 self.unet(
-                    noisy_latents.to(self.device, self.dtype),
+                    latents,
                     torch.tensor(timestep, device=self.device),
                     encoder_hidden_states=self.prompt.expand(rows, -1, -1),
                 )
@@ -174,6 +187,11 @@ class DiffusersFeatureBackend:
                 handle.remove()
             for path, processor in saved_processors.items():
                 self.unet.get_submodule(path).set_processor(processor)
+
+    def _autocast(self) -> contextlib.AbstractContextManager:
+        if self.autocast_dtype is None:
+            return contextlib.nullcontext()
+        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
 
     def place_decoder(self, decoder: nn.Module) -> torch.device:
         decoder.to(self.device)
