@@ -25,7 +25,7 @@ def runs():
     threads = torch.get_num_threads()
     torch.set_num_threads(1)  # steadier than 2 threads on a loaded 2-core machine; restored below
     try:
-        bench = Bench(parse_args(["--smoke"]))
+        bench = Bench(parse_args(["--smoke", "--micro-batch", "4"]))  # both smoke targets in one micro-batch
         models = bench.models
         result = {"bench": bench}
         for name, run in (("baseline", bench.run_baseline), ("ours", bench.run_ours)):
