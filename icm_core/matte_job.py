@@ -108,14 +108,15 @@ def run_job(
                 progress(1)
         else:
             pending.append(target)
-    readable: list[Target] = []
+    readable: list[tuple[Target, torch.Tensor | None]] = []
     images = _readable_images(pending, readable, report, progress)
     for index, alpha in engine.iter_matte(
         context, images, settings.seed, settings.batch_size, fit=settings.fit, refinement=settings.refinement
     ):
-        target = readable[index]
+        target, image = readable[index]
+        readable[index] = (target, None)  # only the current micro-batch's images stay in memory
         try:
-            _write_outputs(read_image(target.path), alpha, output_paths(out_dir, target, settings.kinds), settings)
+            _write_outputs(image, alpha, output_paths(out_dir, target, settings.kinds), settings)
             report.written.append(target.path)
         except (OSError, ValueError) as error:
             report.failed.append((target.path, str(error)))
@@ -126,9 +127,12 @@ def run_job(
 
 
 def _readable_images(
-    targets: Sequence[Target], readable: list[Target], report: JobReport, progress: Callable[[int], None] | None
+    targets: Sequence[Target],
+    readable: list[tuple[Target, torch.Tensor | None]],
+    report: JobReport,
+    progress: Callable[[int], None] | None,
 ) -> Iterator[torch.Tensor]:
-    """Yield checked images one by one; unreadable or invalid files go to the report instead."""
+    """Yield checked images one by one (kept in ``readable`` for writing the outputs); bad files go to the report."""
     for target in targets:
         try:
             image = to_rgb(read_image(target.path), str(target.path))
@@ -138,7 +142,7 @@ def _readable_images(
             if progress is not None:
                 progress(1)
             continue
-        readable.append(target)
+        readable.append((target, image))
         yield image
 
 

@@ -314,6 +314,8 @@ def _load_restricted(file: Path, source_format: str, refusal: BaseException) -> 
         with warnings.catch_warnings():
             # Legacy files pickling whole nn.Modules: torch cannot find our placeholders' source.
             warnings.filterwarnings("ignore", message="Couldn't retrieve source code for container")
+            # weights_only=False is safe here only because pickle_module is our restricted unpickler: it rebuilds
+            # tensors and plain containers and turns every other global into an inert placeholder (never called).
             loaded = torch.load(
                 file, map_location="cpu", weights_only=False, pickle_module=pickle_module, mmap=False
             )
