@@ -4,6 +4,9 @@ ComfyUI imports this folder as a package and calls :func:`comfy_entrypoint`. Com
 there, so the package (and ``icm_core``) stays importable without ComfyUI.
 """
 
+# Frontend extension of the pack (plain ES modules, served by ComfyUI as /extensions/<pack>/).
+WEB_DIRECTORY = "./web"
+
 
 async def comfy_entrypoint():
     """Register the model folder and return the pack's V3 extension."""

@@ -401,5 +401,5 @@ def _module_digest(module: torch.nn.Module) -> str:
     digest = hashlib.sha256()
     for name, tensor in sorted(module.state_dict().items()):
         digest.update(name.encode())
-        digest.update(tensor.detach().flatten()[:1024].float().cpu().numpy().tobytes())
+        digest.update(tensor.detach().flatten()[:1024].to(torch.float16).cpu().numpy().tobytes())
     return digest.hexdigest()[:16]

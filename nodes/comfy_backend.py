@@ -8,7 +8,6 @@ features), the VAE posterior is read through ``first_stage_model``, and every mo
 
 from __future__ import annotations
 
-import hashlib
 import logging
 
 import comfy.model_management as model_management
@@ -21,10 +20,12 @@ from ..icm_core.features.attention import (
     chunked_attention_with_probabilities,
 )
 from ..icm_core.features.backend import ensemble_features
+from ..icm_core.features.fingerprint import weights_fingerprint
 from ..icm_core.features.noise import LatentDistribution
 from ..icm_core.features.sites import (
     ATTENTION_SITES,
     FEATURE_SITES,
+    IDENTITY_WEIGHTS,
     LAST_SITE_FEATURES_ONLY,
     LAST_SITE_WITH_ATTENTION,
 )
@@ -68,7 +69,7 @@ class ComfyFeatureBackend:
         self.prompt = empty_prompt_embedding.detach()
         self.attention_chunk_bytes = attention_chunk_bytes
         self._decoder_patchers: dict[int, comfy.model_patcher.ModelPatcher] = {}
-        self._fingerprint = _fingerprint(base.model_config.unet_config, unet)
+        self._fingerprint = weights_fingerprint([unet.get_parameter(w.comfy_path) for w in IDENTITY_WEIGHTS])
 
     def latent_distribution(self, images: torch.Tensor) -> LatentDistribution:
         vae = self.vae
@@ -121,6 +122,7 @@ class ComfyFeatureBackend:
         stop_at = ("output", LAST_SITE_FEATURES_ONLY.comfy_output_block + 1)
 
         def capture_features(h: torch.Tensor, skip: torch.Tensor, transformer_options: dict):
+            model_management.throw_exception_if_processing_interrupted()  # an interrupt stops mid-UNet
             block = tuple(transformer_options["block"])
             if block in capture_at:
                 outputs[capture_at[block]] = h
@@ -167,10 +169,3 @@ class ComfyFeatureBackend:
 
     def fingerprint(self) -> str:
         return self._fingerprint
-
-
-def _fingerprint(unet_config: dict, unet: torch.nn.Module) -> str:
-    digest = hashlib.sha256(repr(sorted((str(k), str(v)) for k, v in unet_config.items())).encode())
-    weight = unet.input_blocks[0][0].weight.detach().flatten()[:4096].float().cpu()
-    digest.update(weight.numpy().tobytes())
-    return digest.hexdigest()[:16]

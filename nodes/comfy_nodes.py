@@ -30,6 +30,7 @@ from .spec import (
     LOAD_CONTEXT_SPEC,
     LOAD_SPEC,
     SAVE_CONTEXT_SPEC,
+    SAVED_CONTEXT_UI_KEY,
     NodeSpec,
     Port,
 )
@@ -64,7 +65,7 @@ def _input(port: Port):
     if port.kind == "BOOLEAN":
         return io.Boolean.Input(port.name, default=port.default, **common)
     if port.kind == "STRING":
-        return io.String.Input(port.name, default=port.default, multiline=port.name.endswith("points"), **common)
+        return io.String.Input(port.name, default=port.default, multiline=False, **common)
     if port.kind == "COMBO":
         options = folder_paths.get_filename_list(port.options_from) if port.options_from else list(port.options)
         return io.Combo.Input(port.name, options=options, default=port.default, **common)
@@ -134,27 +135,30 @@ class ApplyInContextMatte(io.ComfyNode):
         cls, icm_model: IconMatting, context: ReferenceContext, images, batch_size, seed, fit, refine_edges,
         estimate_colours, background_color, refine_radius, refine_eps, background=None,
     ) -> io.NodeOutput:
+        colour = parse_colour(background_color)  # user errors first, before any model work
         targets = image_batch_to_core(images, "images")
-        colour = parse_colour(background_color)
-        bar = comfy.utils.ProgressBar(targets.shape[0])
-
-        def progress(done: int, total: int) -> None:
-            bar.update_absolute(done, total)
-            model_management.throw_exception_if_processing_interrupted()
-
         refinement = RefinementConfig(radius=refine_radius or None, eps=refine_eps) if refine_edges else None
-        device = icm_model.backend.device
+        bar = comfy.utils.ProgressBar(targets.shape[0])
+        device, keep = icm_model.backend.device, model_management.intermediate_device()
         results = []
-        for index, alpha in icm_model.iter_matte(context, targets, seed, batch_size, progress, fit, refinement):
+        for index, alpha in icm_model.iter_matte(
+            context, targets, seed, batch_size, _check_interrupt, fit, refinement
+        ):
             image = targets[index].to(device)
             backdrop = colour if background is None else background_for(background, index, tuple(image.shape[1:]))
             outputs = make_outputs(image, alpha.to(device), OUTPUT_KINDS, backdrop, estimate_colours)
-            results.append([outputs.alpha, outputs.rgba, outputs.foreground, outputs.composite])
-        out = model_management.intermediate_device()
-        alpha, rgba, foreground, composite = (torch.stack([r[i] for r in results]).to(out) for i in range(4))
+            results.append([o.to(keep) for o in (outputs.alpha, outputs.rgba, outputs.foreground, outputs.composite)])
+            bar.update_absolute(index + 1, targets.shape[0])
+            model_management.throw_exception_if_processing_interrupted()
+        alpha, rgba, foreground, composite = (torch.stack([r[i] for r in results]) for i in range(4))
         return io.NodeOutput(
             alpha, core_image_to_comfy(rgba), core_image_to_comfy(foreground), core_image_to_comfy(composite)
         )
+
+
+def _check_interrupt(done: int, total: int) -> None:
+    """Progress callback of the core between micro-batches: stop at once when the user interrupts."""
+    model_management.throw_exception_if_processing_interrupted()
 
 
 class ExpandPointPrompt(io.ComfyNode):
@@ -207,8 +211,9 @@ class SaveReferenceContext(io.ComfyNode):
         root = os.path.join(folder_paths.get_output_directory(), CONTEXT_FOLDER)
         folder, name, counter, _, _ = folder_paths.get_save_image_path(filename_prefix, root)
         path = save_context(context, os.path.join(folder, f"{name}_{counter:05}_.safetensors"))
+        listed_as = os.path.relpath(path, root).replace(os.sep, "/")  # the name Load Reference Context lists
         logger.info("saved reference context to %s", path)
-        return io.NodeOutput()
+        return io.NodeOutput(ui={SAVED_CONTEXT_UI_KEY: [listed_as]})
 
 
 class LoadReferenceContext(io.ComfyNode):

@@ -15,6 +15,7 @@ ICM_MODEL = "ICM_MODEL"
 ICM_CONTEXT = "ICM_CONTEXT"
 DECODER_FOLDER = "icm"
 CONTEXT_FOLDER = "icm_contexts"
+SAVED_CONTEXT_UI_KEY = "icm_saved_context"  # Save Reference Context's UI output: the saved file's listed name
 
 LOAD_ID = "ICM_LoadIconMatting"
 ENCODE_ID = "ICM_EncodeReferenceContext"

@@ -8,7 +8,6 @@ processors are restored afterwards, so a shared UNet is left as it was.
 from __future__ import annotations
 
 import contextlib
-import hashlib
 from collections.abc import Iterator
 
 import torch
@@ -18,7 +17,14 @@ from ..types import UNetFeatures
 from .attention import DEFAULT_CHUNK_BYTES, AttentionAccumulator, chunked_attention_with_probabilities
 from .backend import ensemble_features
 from .noise import LatentDistribution, scaled_linear_alphas_cumprod
-from .sites import ATTENTION_SITES, FEATURE_SITES, LAST_SITE_FEATURES_ONLY, LAST_SITE_WITH_ATTENTION
+from .fingerprint import weights_fingerprint
+from .sites import (
+    ATTENTION_SITES,
+    FEATURE_SITES,
+    IDENTITY_WEIGHTS,
+    LAST_SITE_FEATURES_ONLY,
+    LAST_SITE_WITH_ATTENTION,
+)
 
 
 class _StopForward(Exception):
@@ -198,9 +204,4 @@ class DiffusersFeatureBackend:
         return self.device
 
     def fingerprint(self) -> str:
-        public = {key: value for key, value in dict(self.unet.config).items() if not key.startswith("_")}
-        digest = hashlib.sha256(repr(sorted(public.items())).encode())
-        for path in ("conv_in.weight", FEATURE_SITES[-1].diffusers_path + ".resnets.0.conv1.weight"):
-            tensor = self.unet.get_parameter(path).detach().flatten()[:4096].float().cpu()
-            digest.update(tensor.numpy().tobytes())
-        return digest.hexdigest()[:16]
+        return weights_fingerprint([self.unet.get_parameter(w.diffusers_path) for w in IDENTITY_WEIGHTS])

@@ -76,3 +76,25 @@ def sites_at(level: str) -> tuple[AttentionSite, ...]:
     if level not in LEVELS:
         raise ValueError(f"level must be one of {LEVELS}, got {level!r}")
     return tuple(site for site in ATTENTION_SITES if site.level == level)
+
+
+@dataclass(frozen=True)
+class IdentityWeight:
+    """A UNet weight that identifies the SD model, named in both layouts (for backend-independent fingerprints).
+
+    Attributes:
+        diffusers_path: parameter path in a diffusers ``UNet2DConditionModel``.
+        comfy_path: parameter path of the same tensor in the ldm ``UNetModel`` ComfyUI runs.
+    """
+
+    diffusers_path: str
+    comfy_path: str
+
+
+# The input convolution, the time embedding and the first convolution of the high-level feature block: the same
+# tensors in both layouts, so a context encoded by one backend is accepted by the other.
+IDENTITY_WEIGHTS: tuple[IdentityWeight, ...] = (
+    IdentityWeight("conv_in.weight", "input_blocks.0.0.weight"),
+    IdentityWeight("time_embedding.linear_1.weight", "time_embed.0.weight"),
+    IdentityWeight("up_blocks.1.resnets.0.conv1.weight", "output_blocks.3.0.in_layers.2.weight"),
+)

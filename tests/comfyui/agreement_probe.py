@@ -72,7 +72,8 @@ def main() -> None:
     generator = torch.Generator().manual_seed(1)
     images = torch.rand(2, 3, 256, 256, generator=generator) * 2 - 1
     latents = torch.randn(4, 4, 32, 32, generator=generator)
-    results = {"feature_channels": [comfy_backend.feature_channels, diffusers_backend.feature_channels]}
+    results = {"feature_channels": [comfy_backend.feature_channels, diffusers_backend.feature_channels],
+               "fingerprints": [comfy_backend.fingerprint(), diffusers_backend.fingerprint()]}
     with torch.no_grad():
         ours, theirs = comfy_backend.latent_distribution(images), diffusers_backend.latent_distribution(images)
         results["posterior_mean"] = float((ours.mean - theirs.mean).abs().max())
