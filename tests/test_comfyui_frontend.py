@@ -106,8 +106,10 @@ def test_saving_a_context_shows_the_file_and_offers_it_for_loading(frontend, com
     result = frontend.evaluate("""async ([checkpoint, decoder]) => {
         const graph = window.app.graph;
         graph.clear();
+        let column = 0;
         const add = (type, values) => {
             const node = LiteGraph.createNode(type);
+            node.pos = [40 + 300 * column, 80 + 60 * (column++ % 2)];
             graph.add(node);
             for (const [name, value] of Object.entries(values || {})) node.widgets.find((w) => w.name === name).value = value;
             return node;
@@ -134,5 +136,6 @@ def test_saving_a_context_shows_the_file_and_offers_it_for_loading(frontend, com
     assert name in result["options"], result
     assert (comfy.base_dir / "output" / "icm_contexts" / name).is_file()
     if SCREENSHOTS:
-        frontend.evaluate("() => window.app.canvas.ds && window.app.graph.setDirtyCanvas(true, true)")
+        frontend.evaluate("() => window.app.extensionManager.command.execute('Comfy.Canvas.FitView')")
+        frontend.page.wait_for_timeout(500)
         frontend.screenshot(Path(SCREENSHOTS) / "save_reference_context.png")

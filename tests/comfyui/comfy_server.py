@@ -65,7 +65,7 @@ class ComfyServer:
         self.events: list[tuple[float, dict]] = []
         self._lock = threading.Lock()
         self._socket = None
-        for folder in ("custom_nodes", "input", "output", "temp", "user/default"):
+        for folder in ("custom_nodes", "input", "output", "temp", "user/default/workflows", "user/default/subgraphs"):
             (self.base_dir / folder).mkdir(parents=True, exist_ok=True)
         for name, folder in packs.items():
             link = self.base_dir / "custom_nodes" / name
