@@ -11,7 +11,9 @@ WEB_DIRECTORY = "./web"
 async def comfy_entrypoint():
     """Register the model folder and return the pack's V3 extension."""
     from .nodes.comfy_nodes import InContextMattingExtension
+    from .nodes.error_names import tidy_exception_names
     from .nodes.model_folder import register_model_folders
 
     register_model_folders()
+    tidy_exception_names(__name__)
     return InContextMattingExtension()

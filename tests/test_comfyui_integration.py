@@ -291,3 +291,17 @@ def test_all_outputs_with_a_background_image(comfy, core_engines, pack_module):
     assert composite.shape == (*alpha.shape, 3)
     for slot in (1, 2, 3):
         assert float((got[f"out_12_{slot}"] - expected[f"out_12_{slot}"]).abs().max()) < 10 * ALPHA_TOLERANCE, slot
+
+
+def test_errors_name_the_problem_not_the_file_system(comfy, comfy_models):
+    broken = comfy_models / "icm" / "broken_decoder.safetensors"
+    broken.write_bytes(b"\x10\x00\x00\x00\x00\x00\x00\x00{not json at all}")
+    workflow = example("matte_loaded_images_api.json")
+    workflow["3"]["inputs"]["decoder_name"] = broken.name
+    run = comfy.run(workflow)
+    assert run.status == "error"
+    assert run.error["node_id"] == "3"
+    kind, message = run.error["exception_type"], run.error["exception_message"]
+    assert "/" not in kind and "custom_nodes" not in kind, kind
+    assert kind.startswith(("icm_core.", "nodes.")) or "." not in kind, kind
+    assert broken.name in message, message
