@@ -173,3 +173,20 @@ def test_entry_point_is_lazy_and_async(pack):
     if "comfy_api" not in sys.modules:
         with pytest.raises(ModuleNotFoundError):
             asyncio.run(pack.comfy_entrypoint())
+
+
+def test_exception_types_are_named_inside_the_pack(pack_module):
+    import sys
+    import types
+
+    tidy = pack_module("nodes.error_names").tidy_exception_names
+    package = "/home/user/ComfyUI/custom_nodes/some-pack"  # how ComfyUI names a custom-node module
+    module = types.ModuleType(f"{package}.icm_core.errors")
+    error = type("ExampleError", (ValueError,), {"__module__": module.__name__})
+    module.ExampleError, module.ValueError = error, ValueError
+    sys.modules[module.__name__] = module
+    try:
+        assert tidy(package) == ["icm_core.errors.ExampleError"]
+        assert error.__module__ == "icm_core.errors" and ValueError.__module__ == "builtins"
+    finally:
+        del sys.modules[module.__name__]
