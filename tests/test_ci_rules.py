@@ -1,4 +1,4 @@
-"""Parity tests fail, never skip, when CI is set and the golden files are missing."""
+"""The suite's own CI rules: parity tests fail (never skip) without goldens in CI; CI's command runs slow tests."""
 
 from __future__ import annotations
 
@@ -61,3 +61,16 @@ def test_missing_golden_skips_outside_ci(tmp_path):
     assert result.returncode == 0, output
     assert _summary(result) == "1 skipped", output
     assert f"golden file {tmp_path / 'tiny_e2e.safetensors'} not found" in output, output
+
+
+def test_default_command_runs_the_slow_memory_test():
+    """CI runs plain ``python -m pytest -q``: nothing in the configuration may deselect the slow tests."""
+    env = {k: v for k, v in os.environ.items() if k not in ("PYTEST_ADDOPTS", "PYTEST_PLUGINS")}
+    result = subprocess.run(
+        [sys.executable, "-m", "pytest", "-q", "--collect-only", "tests/test_fits_and_outputs.py"],
+        cwd=TESTS.parent, env=env, capture_output=True, text=True, timeout=120,
+    )
+    collected = result.stdout.splitlines()
+    assert result.returncode == 0, result.stdout + result.stderr
+    assert "tests/test_fits_and_outputs.py::test_a_thousand_targets_keep_memory_flat" in collected, result.stdout
+    assert not any("deselected" in line for line in collected), result.stdout
