@@ -19,11 +19,19 @@ GOLDEN_DIR = Path(os.environ.get("ICM_GOLDEN_DIR", REPO_ROOT.parent / "shared" /
 GOLDEN_FILE = GOLDEN_DIR / "tiny_e2e.safetensors"
 
 
+def running_in_ci(value: str | None) -> bool:
+    """Whether a ``CI`` environment value marks a CI run: any non-empty value except ``0`` and ``false``.
+
+    CI services spell it ``true``, ``1``, ``yes`` or a service name; only an explicit ``0``/``false`` opts out.
+    """
+    return (value or "").strip().lower() not in ("", "0", "false")
+
+
 def _require(path: Path) -> Path:
     if path.exists():
         return path
     message = f"golden file {path} not found (set ICM_GOLDEN_DIR to the folder holding it)"
-    if os.environ.get("CI", "").lower() == "true":
+    if running_in_ci(os.environ.get("CI")):
         pytest.fail(message + "; parity tests must not be skipped in CI")
     pytest.skip(message)
 

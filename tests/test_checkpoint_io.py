@@ -346,17 +346,25 @@ def test_restricted_unpickler_never_runs_reduce_targets(tmp_path: Path, attack: 
     assert not any(name.startswith(("collections.", "torch.")) for name in module.placeholders)
 
 
-def test_restricted_unpickler_never_imports_modules() -> None:
-    module_name = "this"  # importing it prints the Zen of Python
-    if module_name in sys.modules:
-        pytest.skip("module already imported by something else")
+def test_restricted_unpickler_never_imports_modules(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """A module of this test's own, never imported before, whose import leaves a mark on disk."""
+    module_name = f"icm_unpickle_probe_{tmp_path.name.replace('-', '_')}"
+    mark = tmp_path / "imported"
+    (tmp_path / f"{module_name}.py").write_text(f"open({str(mark)!r}, 'w').close()\nclass Zen:\n    pass\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    data = f"c{module_name}\nZen\n(tR.".encode()
     module = make_restricted_pickle_module()
 
-    result = module.loads(b"cthis\nZen\n(tR.")
+    result = module.loads(data)
 
-    assert module_name not in sys.modules
+    assert module_name not in sys.modules and not mark.exists()
     assert isinstance(result, CheckpointPlaceholder)
-    assert module.placeholders == {"this.Zen"}
+    assert module.placeholders == {f"{module_name}.Zen"}
+    plain = pickle.loads(data)  # noqa: S301 - the probe is live: plain pickle imports it
+    try:
+        assert mark.exists() and type(plain).__name__ == "Zen"
+    finally:
+        sys.modules.pop(module_name, None)
 
 
 def _build_on_global_pickle(module: str, name: str) -> bytes:

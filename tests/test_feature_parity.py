@@ -59,9 +59,22 @@ def test_target_features_and_attention_match(golden, backend):
     torch.testing.assert_close(features.attention_high, golden["tgt_attn_48"], atol=1e-5, rtol=0)
 
 
-def test_attention_chunking_does_not_change_maps(golden, backend):
+def test_attention_chunking_does_not_change_maps(golden, backend, monkeypatch):
+    """One query per chunk (a 1-byte budget reaches every recorded layer) gives the official maps."""
+    from icm_core.features import diffusers_backend
+
+    budgets = []
+    chunked = diffusers_backend.chunked_attention_with_probabilities
+
+    def spy(query, key, value, scale, chunk_bytes, *args, **kwargs):
+        budgets.append(chunk_bytes)
+        return chunked(query, key, value, scale, chunk_bytes, *args, **kwargs)
+
+    monkeypatch.setattr(diffusers_backend, "chunked_attention_with_probabilities", spy)
     small = DiffusersFeatureBackend(backend.unet, backend.vae, golden["prompt_embeds"], attention_chunk_bytes=1)
     features = small.unet_features(golden["tgt_noisy_latents"], 200, ensemble_size=2, record_attention=True)
+    assert budgets == [1] * (len(sites_at("low")) + len(sites_at("high")))
+    torch.testing.assert_close(features.attention_low, golden["tgt_attn_24"], atol=1e-5, rtol=0)
     torch.testing.assert_close(features.attention_high, golden["tgt_attn_48"], atol=1e-5, rtol=0)
 
 

@@ -27,8 +27,8 @@ def chunked_attention_with_probabilities(
     Args:
         query, key, value: ``[B, H, N, d]`` (same N: self-attention).
         scale: logit scale (``d ** -0.5``).
-        chunk_bytes: upper bound on the fp32 score buffer of one chunk (batch-wide chunks).
-        per_row: one batch row and ``CPU_QUERY_ROWS`` queries per step (cache-friendly); default: on CPUs.
+        chunk_bytes: upper bound on the fp32 score buffer of one chunk (a chunk holds at least one query).
+        per_row: one batch row and at most ``CPU_QUERY_ROWS`` queries per step (cache-friendly); default: on CPUs.
 
     Returns:
         ``(output [B, H, N, d] in value's dtype, probabilities [B, N, N] fp32)`` where
@@ -41,7 +41,7 @@ def chunked_attention_with_probabilities(
     if per_row if per_row is not None else query.device.type == "cpu":
         # Cache-sized steps (one batch row, CPU_QUERY_ROWS queries) run ~2.5x faster on CPUs than big chunks.
         row_groups = [slice(row, row + 1) for row in range(batch)]
-        rows_per_chunk = CPU_QUERY_ROWS
+        rows_per_chunk = max(1, min(CPU_QUERY_ROWS, chunk_bytes // (4 * heads * tokens)))
     else:
         row_groups = [slice(0, batch)]
         rows_per_chunk = max(1, chunk_bytes // (4 * batch * heads * tokens))
