@@ -49,6 +49,7 @@ __all__ = [
 # create (each opcode makes at most one small object) at a few hundred MB even for hostile files.
 MAX_PICKLE_OPCODES = 1_000_000
 _MAX_DIMS = 64
+_DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
 class _FrozenClass(type):
@@ -442,7 +443,7 @@ class RestrictedPickleModule:
 
     def load(self, file: BinaryIO, max_bytes: int | None = None) -> Any:
         """Unpickle one object from ``file`` (no persistent ids; lengths bounded by ``max_bytes``)."""
-        bound = max_bytes if max_bytes is not None else MAX_PICKLE_OPCODES
+        bound = max_bytes if max_bytes is not None else _DEFAULT_MAX_BYTES
         return RestrictedUnpickler(file, max_bytes=bound, placeholders=self.placeholders).load()
 
     def loads(self, data: bytes) -> Any:
