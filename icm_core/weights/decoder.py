@@ -142,7 +142,8 @@ def _check_layout(
                     ("wrong dtype", mistyped))  # fmt: skip
         for label, items in labelled:
             if items:
-                problems.append(f"{label} keys ({len(items)}): " + ", ".join(items[:12]) + (" ..." if len(items) > 12 else ""))
+                more = " ..." if len(items) > 12 else ""
+                problems.append(f"{label} keys ({len(items)}): " + ", ".join(items[:12]) + more)
         raise DecoderCheckpointError(
             f"{source} is not a complete IconMatting decoder for widths {config}: " + "; ".join(problems)
             + f". Expected the {len(expected)} '{OFFICIAL_PREFIX}*' tensors of the official release; re-download "

@@ -14,24 +14,38 @@ PyTorch checkpoints are pickles, and a pickle is a program: it may call any glob
   opcodes (resolved through a global cache, not ``find_class``) are refused.
 
 Tensor data never comes from the pickle: a ``persistent_load`` callback (see :mod:`.torch_archive`) hands the
-rebuild functions a :class:`LoadedStorage`, whose bytes were read from the file after their size was checked.
+rebuild functions (:mod:`.tensor_rebuild`) a :class:`LoadedStorage`, whose bytes were read from the file after
+their size was checked.
 Every refusal is a :class:`pickle.UnpicklingError` saying what was refused.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
-import codecs
 import collections
 import io
-import math
 import pickle
 import threading
 import warnings
-from dataclasses import dataclass
 from typing import Any, BinaryIO, Callable, ClassVar
 
 import torch
+
+from .tensor_rebuild import (
+    LoadedStorage,
+    StorageType,
+    bounded_bytes,
+    bounded_container,
+    latin1_encode,
+    rebuild_from_type_v2,
+    rebuild_parameter,
+    rebuild_tensor,
+    rebuild_tensor_v2,
+    rebuild_tensor_v3,
+    refuse,
+    TensorType,
+    torch_size,
+)
 
 __all__ = [
     "MAX_PICKLE_OPCODES",
@@ -48,7 +62,6 @@ __all__ = [
 # A state dict costs ~25 opcodes per tensor; this allows ~40k tensors and caps the Python objects a pickle can
 # create (each opcode makes at most one small object) at a few hundred MB even for hostile files.
 MAX_PICKLE_OPCODES = 1_000_000
-_MAX_DIMS = 64
 _DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
@@ -129,183 +142,30 @@ def placeholder_for(qualified_name: str) -> type[CheckpointPlaceholder]:
         return cls
 
 
-# --------------------------------------------------------------------------- markers and storages
-
-
-@dataclass(frozen=True)
-class StorageType:
-    """Non-callable stand-in for ``torch.FloatStorage`` & co.: only names the element dtype of a storage record."""
-
-    name: str
-    dtype: torch.dtype
-
-
-@dataclass(frozen=True)
-class _TensorType:
-    """Non-callable stand-in for ``torch.Tensor`` / ``torch.nn.Parameter`` (``torch.Tensor(N)`` would allocate)."""
-
-    name: str
-
-
-@dataclass(frozen=True, eq=False)
-class LoadedStorage:
-    """Bytes of one storage record, read from the file after its size was checked; ``dtype`` as pickled."""
-
-    untyped: torch.UntypedStorage
-    dtype: torch.dtype
-
-    @property
-    def nbytes(self) -> int:
-        return int(self.untyped.nbytes())
-
-
-def _refuse(message: str) -> pickle.UnpicklingError:
-    return pickle.UnpicklingError(f"restricted unpickler: {message}")
-
-
-# --------------------------------------------------------------------------- safe rebuild functions
-
-
-def _check_ints(values: Any, what: str) -> tuple[int, ...]:
-    if not isinstance(values, (tuple, list, torch.Size)) or len(values) > _MAX_DIMS:
-        raise _refuse(f"tensor {what} must be a tuple of at most {_MAX_DIMS} ints, got {type(values).__name__}")
-    out = tuple(values)
-    if not all(type(v) is int and v >= 0 for v in out):
-        raise _refuse(f"tensor {what} must hold non-negative ints, got {out[:8]}")
-    return out
-
-
-def _view(storage: Any, dtype: Any, offset: Any, size: Any, stride: Any) -> torch.Tensor:
-    """A tensor viewing ``storage``; refused unless every element lies inside it and the view is no larger."""
-    if not isinstance(storage, LoadedStorage):
-        raise _refuse(f"tensor data must come from the file's storage records, got {type(storage).__name__}")
-    if not isinstance(dtype, torch.dtype):
-        raise _refuse(f"tensor dtype must be a torch dtype, got {dtype!r}")
-    if type(offset) is not int or offset < 0:
-        raise _refuse(f"tensor storage offset must be a non-negative int, got {offset!r}")
-    shape, strides = _check_ints(size, "size"), _check_ints(stride, "stride")
-    if len(shape) != len(strides):
-        raise _refuse(f"tensor size {shape} and stride {strides} differ in length")
-    numel = math.prod(shape)
-    if numel:
-        last = offset + sum((n - 1) * s for n, s in zip(shape, strides))
-        itemsize = dtype.itemsize
-        if (last + 1) * itemsize > storage.nbytes or numel * itemsize > storage.nbytes:
-            raise _refuse(
-                f"a {dtype} tensor of shape {list(shape)} (stride {list(strides)}, offset {offset}) needs "
-                f"{max(last + 1, numel) * itemsize} bytes but its storage record holds {storage.nbytes}"
-            )
-    return torch.empty((0,), dtype=dtype).set_(storage.untyped, offset, shape, strides)
-
-
-def _rebuild_tensor(storage: Any, storage_offset: Any, size: Any, stride: Any) -> torch.Tensor:
-    dtype = storage.dtype if isinstance(storage, LoadedStorage) else None
-    return _view(storage, dtype, storage_offset, size, stride)
-
-
-def _rebuild_tensor_v2(
-    storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any = False,
-    backward_hooks: Any = None, metadata: Any = None,
-) -> torch.Tensor:  # fmt: skip
-    """Autograd flags, hooks and metadata are dropped: a loaded weight is plain data."""
-    return _rebuild_tensor(storage, storage_offset, size, stride)
-
-
-def _rebuild_tensor_v3(
-    storage: Any, storage_offset: Any, size: Any, stride: Any, requires_grad: Any, backward_hooks: Any,
-    dtype: Any, metadata: Any = None,
-) -> torch.Tensor:  # fmt: skip
-    return _view(storage, dtype, storage_offset, size, stride)
-
-
-def _rebuild_parameter(data: Any, requires_grad: Any = False, backward_hooks: Any = None, state: Any = None) -> Any:
-    """Parameters load as plain tensors (their pickled attribute state is not applied)."""
-    if not isinstance(data, torch.Tensor):
-        raise _refuse(f"a parameter must wrap a tensor, got {type(data).__name__}")
-    return data
-
-
-_REBUILDERS = (_rebuild_tensor, _rebuild_tensor_v2, _rebuild_tensor_v3, _rebuild_parameter)
-
-
-def _rebuild_from_type_v2(func: Any, new_type: Any, args: Any, state: Any) -> Any:
-    """Tensor subclasses load as plain tensors; ``func`` must be one of our rebuild functions."""
-    if func not in _REBUILDERS or not isinstance(new_type, _TensorType) or not isinstance(args, tuple):
-        raise _refuse(f"refusing _rebuild_from_type_v2 with {func!r} / {new_type!r}")
-    return func(*args)
-
-
-# --------------------------------------------------------------------------- bounded constructors
-
-
-def _no_sized_args(name: str, args: tuple[Any, ...]) -> None:
-    for arg in args:
-        if isinstance(arg, (int, float, str, bytes, bytearray)) and not isinstance(arg, bool):
-            raise _refuse(f"{name}() with a {type(arg).__name__} argument is not allowed in a checkpoint")
-
-
-def _container(kind: type) -> Callable[..., Any]:
-    def build(*args: Any, **kwargs: Any) -> Any:
-        _no_sized_args(kind.__name__, args)
-        return kind(*args, **kwargs)
-
-    build.__name__ = build.__qualname__ = f"bounded_{kind.__name__}"
-    return build
-
-
-def _bytes_like(kind: type) -> Callable[..., Any]:
-    """``bytes()`` / ``bytearray()`` from bytes or a latin-1 str only; an int size would allocate that much."""
-
-    def build(*args: Any) -> Any:
-        if not args:
-            return kind()
-        if len(args) == 1 and isinstance(args[0], (bytes, bytearray)):
-            return kind(args[0])
-        if len(args) == 2 and isinstance(args[0], str) and args[1] in ("latin1", "latin-1"):
-            return kind(args[0], "latin-1")
-        raise _refuse(f"{kind.__name__}() accepts bytes or a latin-1 str here, got {[type(a).__name__ for a in args]}")
-
-    build.__name__ = build.__qualname__ = f"bounded_{kind.__name__}"
-    return build
-
-
-def _latin1_encode(text: Any, encoding: Any = "latin1") -> bytes:
-    """``_codecs.encode(str, "latin1")``: how protocol-2 pickles store bytes (output no larger than input)."""
-    if not isinstance(text, str) or encoding not in ("latin1", "latin-1"):
-        raise _refuse(f"_codecs.encode is only allowed on a str with latin1, got {type(text).__name__}/{encoding!r}")
-    return codecs.encode(text, "latin1")
-
-
-def _torch_size(*args: Any) -> torch.Size:
-    if len(args) > 1:
-        raise _refuse("torch.Size takes one tuple")
-    return torch.Size(_check_ints(args[0], "size") if args else ())
-
-
 def _build_allowlist() -> dict[tuple[str, str], Any]:
     allowed: dict[tuple[str, str], Any] = {
-        ("collections", "OrderedDict"): _container(collections.OrderedDict),
-        ("torch", "Size"): _torch_size,
+        ("collections", "OrderedDict"): bounded_container(collections.OrderedDict),
+        ("torch", "Size"): torch_size,
         ("torch", "device"): torch.device,
-        ("torch", "Tensor"): _TensorType("torch.Tensor"),
-        ("torch._tensor", "Tensor"): _TensorType("torch.Tensor"),
-        ("torch.nn.parameter", "Parameter"): _TensorType("torch.nn.Parameter"),
-        ("torch._tensor", "_rebuild_from_type_v2"): _rebuild_from_type_v2,
-        ("torch._utils", "_rebuild_tensor"): _rebuild_tensor,
-        ("torch._utils", "_rebuild_tensor_v2"): _rebuild_tensor_v2,
-        ("torch._utils", "_rebuild_tensor_v3"): _rebuild_tensor_v3,
-        ("torch._utils", "_rebuild_parameter"): _rebuild_parameter,
-        ("torch._utils", "_rebuild_parameter_with_state"): _rebuild_parameter,
-        ("_codecs", "encode"): _latin1_encode,
-        ("builtins", "bytes"): _bytes_like(bytes),
-        ("builtins", "bytearray"): _bytes_like(bytearray),
+        ("torch", "Tensor"): TensorType("torch.Tensor"),
+        ("torch._tensor", "Tensor"): TensorType("torch.Tensor"),
+        ("torch.nn.parameter", "Parameter"): TensorType("torch.nn.Parameter"),
+        ("torch._tensor", "_rebuild_from_type_v2"): rebuild_from_type_v2,
+        ("torch._utils", "_rebuild_tensor"): rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor_v3"): rebuild_tensor_v3,
+        ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): rebuild_parameter,
+        ("_codecs", "encode"): latin1_encode,
+        ("builtins", "bytes"): bounded_bytes(bytes),
+        ("builtins", "bytearray"): bounded_bytes(bytearray),
         ("builtins", "complex"): complex,
         ("builtins", "slice"): slice,
         ("torch", "UntypedStorage"): StorageType("UntypedStorage", torch.uint8),
         ("torch.storage", "UntypedStorage"): StorageType("UntypedStorage", torch.uint8),
     }
     for kind in (set, frozenset, list, dict, tuple):
-        allowed[("builtins", kind.__name__)] = _container(kind)
+        allowed[("builtins", kind.__name__)] = bounded_container(kind)
     # vars() instead of getattr(): torch.__getattr__ lazily imports submodules.
     for name, value in list(vars(torch).items()):
         if isinstance(value, torch.dtype):
@@ -348,22 +208,22 @@ def _load_build_checked(self: pickle._Unpickler) -> None:
     if len(stack) >= 2:
         target = stack[-2]
         allowed_globals()
-        if isinstance(target, (type, StorageType, _TensorType)) or id(target) in (_ALLOWED_IDS or ()):
-            raise _refuse(f"refusing BUILD (setstate) on the global {target!r}")
+        if isinstance(target, (type, StorageType, TensorType)) or id(target) in (_ALLOWED_IDS or ()):
+            raise refuse(f"refusing BUILD (setstate) on the global {target!r}")
     pickle._Unpickler.load_build(self)
 
 
 def _refuse_extension(self: pickle._Unpickler) -> None:
-    raise _refuse("copyreg extension opcodes (EXT1/EXT2/EXT4) are not allowed")
+    raise refuse("copyreg extension opcodes (EXT1/EXT2/EXT4) are not allowed")
 
 
 def _load_bytearray8_bounded(self: RestrictedUnpickler) -> None:
     (length,) = pickle.unpack("<Q", self.read(8))
     if length > self.max_bytes:
-        raise _refuse(f"BYTEARRAY8 claims {length} bytes but the pickle holds only {self.max_bytes}")
+        raise refuse(f"BYTEARRAY8 claims {length} bytes but the pickle holds only {self.max_bytes}")
     data = self.read(length)
     if len(data) != length:
-        raise _refuse(f"BYTEARRAY8 claims {length} bytes but only {len(data)} follow (truncated pickle)")
+        raise refuse(f"BYTEARRAY8 claims {length} bytes but only {len(data)} follow (truncated pickle)")
     self.append(bytearray(data))
 
 
@@ -371,7 +231,7 @@ def _counted(handler: Callable[[Any], None]) -> Callable[[Any], None]:
     def run(self: RestrictedUnpickler) -> None:
         self.opcodes += 1
         if self.opcodes > self.max_opcodes:
-            raise _refuse(
+            raise refuse(
                 f"the pickle runs more than {self.max_opcodes} opcodes (a state dict needs ~25 per tensor)"
             )
         handler(self)
@@ -427,7 +287,7 @@ class RestrictedUnpickler(pickle._Unpickler):
 
     def persistent_load(self, pid: Any) -> Any:
         if self._persistent is None:
-            raise _refuse(f"persistent id {str(pid)[:80]} outside a torch checkpoint")
+            raise refuse(f"persistent id {str(pid)[:80]} outside a torch checkpoint")
         return self._persistent(pid)
 
 

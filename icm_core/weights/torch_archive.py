@@ -27,7 +27,8 @@ from typing import Any, BinaryIO
 
 import torch
 
-from .restricted_unpickler import LoadedStorage, RestrictedUnpickler, StorageType
+from .restricted_unpickler import RestrictedUnpickler
+from .tensor_rebuild import LoadedStorage, StorageType
 
 __all__ = ["MAX_PICKLE_BYTES", "TorchArchiveError", "TorchFile", "read_torch_file"]
 
