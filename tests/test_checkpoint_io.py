@@ -35,6 +35,7 @@ from icm_core.weights.restricted_unpickler import (
     make_restricted_pickle_module,
     placeholder_for,
 )
+from icm_core.weights.torch_archive import read_torch_file
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -100,35 +101,26 @@ def _assert_same_tensors(got: dict[str, torch.Tensor], want: dict[str, torch.Ten
 
 
 class _LoadSpy:
-    """Records how read_checkpoint calls torch.load (weights_only / pickle_module)."""
+    """Fails the test if read_checkpoint ever calls torch.load (untrusted files never reach it)."""
 
     def __init__(self, monkeypatch: pytest.MonkeyPatch) -> None:
-        self.calls: list[tuple[bool, Any]] = []
-        real_load = torch.load
+        self.calls: list[Any] = []
 
         def spy(*args: Any, **kwargs: Any) -> Any:
-            self.calls.append((kwargs.get("weights_only"), kwargs.get("pickle_module")))
-            return real_load(*args, **kwargs)
+            self.calls.append((args, kwargs))
+            raise AssertionError("torch.load must not be called on a checkpoint")
 
-        monkeypatch.setattr(checkpoint_io.torch, "load", spy)
+        monkeypatch.setattr(torch, "load", spy)
 
     @property
     def modes(self) -> list[str]:
-        out = []
-        for weights_only, module in self.calls:
-            if weights_only:
-                assert module is None
-                out.append("weights_only")
-            else:
-                assert isinstance(module, RestrictedPickleModule), "fallback must be restricted"
-                out.append("restricted")
-        return out
+        return ["torch.load" for _ in self.calls]
 
 
 # ----------------------------------------------------------------------------- round trips
 
 
-def test_bare_state_dict_pth_uses_weights_only(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_bare_state_dict_pth_loads_without_torch_load(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     sd = _state_dict()
     sd["head.weight"] = torch.nn.Parameter(torch.ones(2, 2))
     path = tmp_path / "model.pth"
@@ -142,9 +134,9 @@ def test_bare_state_dict_pth_uses_weights_only(tmp_path: Path, monkeypatch: pyte
     assert contents.tensors["head.weight"].requires_grad is False
     assert contents.metadata == {}
     assert contents.source_format == "torch-zip"
-    assert contents.loader == "weights_only"
+    assert contents.loader == "restricted_unpickler"
     assert contents.ignored_entries == ()
-    assert spy.modes == ["weights_only"]
+    assert spy.modes == []
 
 
 def test_bare_state_dict_with_a_few_non_tensor_entries(tmp_path: Path) -> None:
@@ -205,13 +197,13 @@ def test_lightning_ckpt_falls_back_to_restricted_unpickler(
         "callbacks",
         "state_dict.non_tensor_in_state",
     )
-    assert spy.modes == ["weights_only", "restricted"]
+    assert spy.modes == []
     expected_global = f"{type(hyper_parameters).__module__}.{type(hyper_parameters).__qualname__}"
     assert expected_global in caplog.text
     assert "placeholder" in caplog.text
 
 
-def test_lightning_ckpt_with_plain_values_stays_on_weights_only(tmp_path: Path) -> None:
+def test_lightning_ckpt_with_plain_values(tmp_path: Path) -> None:
     sd = _state_dict()
     path = tmp_path / "last.ckpt"
     torch.save({"state_dict": sd, "epoch": 1, "hyper_parameters": {"lr": 0.1}}, path)
@@ -219,7 +211,7 @@ def test_lightning_ckpt_with_plain_values_stays_on_weights_only(tmp_path: Path) 
     contents = read_checkpoint(path)
 
     _assert_same_tensors(contents.tensors, sd)
-    assert contents.loader == "weights_only"
+    assert contents.loader == "restricted_unpickler"
     assert contents.ignored_entries == ("epoch", "hyper_parameters")
 
 
@@ -237,7 +229,7 @@ def test_legacy_non_zip_format(tmp_path: Path, with_namespace: bool) -> None:
 
     _assert_same_tensors(contents.tensors, sd)
     assert contents.source_format == "torch-legacy"
-    assert contents.loader == ("restricted_unpickler" if with_namespace else "weights_only")
+    assert contents.loader == "restricted_unpickler"
     assert contents.ignored_entries == (("hyper_parameters",) if with_namespace else ())
 
 
@@ -401,7 +393,7 @@ def test_storage_load_from_bytes_is_not_allowed() -> None:
     module = make_restricted_pickle_module()
 
     # The placeholder "storage" cannot be turned into a tensor: the rebuild fails loudly.
-    with pytest.raises(AttributeError):
+    with pytest.raises(pickle.UnpicklingError, match="storage records"):
         module.loads(pickle.dumps(torch.ones(3)))
 
     assert "torch.storage._load_from_bytes" in module.placeholders
@@ -420,7 +412,7 @@ def test_raw_pickle_named_pth_is_never_executed(tmp_path: Path, monkeypatch: pyt
 
     assert not target.exists()
     assert "model.pth" in str(excinfo.value)
-    assert spy.modes == ["weights_only", "restricted"]  # both loaders saw the file
+    assert spy.modes == []  # refused by the restricted reader alone
 
 
 @pytest.mark.filterwarnings("ignore:Detected pickle protocol 4:UserWarning")
@@ -449,7 +441,7 @@ def test_torch_saved_evil_checkpoint_is_neutralised(
     contents = read_checkpoint(path)
 
     assert not target.exists()
-    assert spy.modes == ["weights_only", "restricted"]  # weights_only refused, fallback ran
+    assert spy.modes == []  # neutralised without torch.load
     assert contents.loader == "restricted_unpickler"
     assert contents.source_format == ("torch-legacy" if layout == "legacy" else "torch-zip")
     _assert_same_tensors(contents.tensors, sd)
@@ -460,9 +452,9 @@ def test_evil_object_becomes_placeholder_in_loaded_object(tmp_path: Path) -> Non
     target = tmp_path / "pwned"
     path = tmp_path / "evil.pth"
     torch.save({"w": torch.ones(2), "evil": _attacks(target)["open"]}, path)
-    module = make_restricted_pickle_module()
 
-    loaded = torch.load(path, map_location="cpu", weights_only=False, pickle_module=module, mmap=False)
+    result = read_torch_file(path)
+    loaded = result.obj
 
     assert not target.exists()
     assert torch.equal(loaded["w"], torch.ones(2))
@@ -470,7 +462,8 @@ def test_evil_object_becomes_placeholder_in_loaded_object(tmp_path: Path) -> Non
     open_global = f"{builtins.open.__module__}.{builtins.open.__qualname__}"  # io.open
     assert loaded["evil"].placeholder_for_global == open_global
     assert loaded["evil"].args == (str(target), "w")
-    assert module.placeholders == {open_global}
+    assert result.placeholders == {open_global}
+    assert result.stored_bytes == 8
 
 
 @pytest.mark.filterwarnings("ignore::DeprecationWarning")
@@ -487,13 +480,13 @@ def test_torchscript_archive_is_rejected_without_jit_load(tmp_path: Path, monkey
     assert "scripted.pt" in str(excinfo.value)
 
 
-def test_force_weights_only_env_gives_clear_error(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+def test_force_weights_only_env_does_not_matter(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    """torch.load is never used, so torch's environment switches cannot change what is loaded."""
     path = tmp_path / "lightning.ckpt"
     torch.save({"state_dict": _state_dict(), "hyper_parameters": HParams()}, path)
     monkeypatch.setenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "1")
 
-    with pytest.raises(CheckpointError, match="TORCH_FORCE_WEIGHTS_ONLY_LOAD"):
-        read_checkpoint(path)
+    _assert_same_tensors(read_checkpoint(path).tensors, _state_dict())
 
 
 # ----------------------------------------------------------------------------- broken files

@@ -14,6 +14,7 @@ from diffusers import AutoencoderKL, UNet2DConditionModel
 from safetensors.torch import save_file
 from transformers import CLIPTextConfig, CLIPTextModel
 
+from icm_core.weights.checkpoint_io import NonFiniteTensorError
 from icm_core.weights.stable_diffusion import (
     DEFAULT_CONFIG_DIR,
     SD2_EMPTY_PROMPT_IDS,
@@ -412,3 +413,16 @@ def test_shipped_configs_match_full_size_ldm_layout() -> None:
         text = sd_module._convert_text_encoder(state, text_cfg)
     assert text.config.num_hidden_layers == 23
     assert sum(p.numel() for p in text.parameters()) == 340_387_840
+
+
+def test_non_finite_weights_are_named(tmp_path: Path, tiny: dict[str, torch.nn.Module]) -> None:
+    config_dir = _write_tiny_configs(tmp_path / "configs", tiny)
+    state = _ldm_state(tiny)
+    state["first_stage_model.encoder.conv_in.weight"].view(-1)[3] = float("inf")
+    file = tmp_path / "poisoned.safetensors"
+    save_file(state, str(file))
+    with pytest.raises(NonFiniteTensorError) as error:
+        load_stable_diffusion(file, config_dir=config_dir)
+    message = str(error.value)
+    assert f"'{file}' (single-file, vae)" in message and "tensor 'encoder.conv_in.weight'" in message
+    assert "0 NaN and 1 Inf" in message and "re-download" in message

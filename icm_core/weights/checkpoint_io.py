@@ -1,15 +1,14 @@
-"""The one place in ``icm_core`` that opens checkpoint files.
+"""The one place in ``icm_core`` that opens checkpoint files; no loader allocates far beyond the file's size.
 
-* ``.safetensors`` files are read with :mod:`safetensors` (tensors + header metadata).
-* ``.pth`` / ``.ckpt`` / ``.pt`` / ``.bin`` files are read with
-  ``torch.load(weights_only=True)``; if that refuses the file because it references a
-  global it does not allow (typical for PyTorch-Lightning checkpoints), they are read
-  again through :mod:`icm_core.weights.restricted_unpickler`, which rebuilds tensors
-  and turns every other global into an inert placeholder -- no code stored in a
-  checkpoint is ever run.
+* ``.safetensors``: the header is checked against the file size first (:mod:`.safetensors_layout`: header
+  length, dtypes, shapes vs offsets), then the tensors are read with :mod:`safetensors`.
+* ``.pth`` / ``.ckpt`` / ``.pt`` / ``.bin``: never ``torch.load``. :mod:`.torch_archive` parses the zip (or
+  legacy) ``torch.save`` layout itself and runs the pickle through the restricted unpickler, which rebuilds
+  tensors and plain containers only (every other global becomes an inert placeholder; no code stored in a
+  checkpoint is ever run) and reads a storage only when its record holds exactly the bytes the pickle claims.
 
-Every failure is reported as :class:`CheckpointError` naming the file, what was
-expected, what was found and how to fix it.
+Every failure is reported as :class:`CheckpointError` naming the file, what was expected, what was found and
+how to fix it; :class:`NonFiniteTensorError` (a subclass) names the tensor holding NaN/Inf.
 """
 
 from __future__ import annotations
@@ -19,23 +18,29 @@ import os
 import pickle
 import struct
 import tempfile
-import warnings
 import zipfile
 from collections.abc import Mapping
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, TypeAlias
+from typing import TypeAlias
 
 import torch
 from safetensors import SafetensorError, safe_open
 from safetensors.torch import save_file
 
-from .restricted_unpickler import (
-    CheckpointPlaceholder,
-    make_restricted_pickle_module,
-)
+from .finite import first_non_finite
+from .restricted_unpickler import CheckpointPlaceholder
+from .safetensors_layout import SafetensorsLayoutError, check_safetensors_layout
+from .torch_archive import TorchArchiveError, read_torch_file
 
-__all__ = ["CheckpointContents", "CheckpointError", "read_checkpoint", "write_safetensors_atomic"]
+__all__ = [
+    "CheckpointContents",
+    "CheckpointError",
+    "NonFiniteTensorError",
+    "check_finite",
+    "read_checkpoint",
+    "write_safetensors_atomic",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -44,21 +49,36 @@ PathLike: TypeAlias = "str | os.PathLike[str]"
 SAFETENSORS_SUFFIXES = frozenset({".safetensors"})
 PICKLE_SUFFIXES = frozenset({".pth", ".ckpt", ".pt", ".bin"})
 
-# What a damaged / hostile pickle can make torch.load raise. Anything here becomes a
+# What a damaged / hostile pickle can make the restricted reader raise. Anything here becomes a
 # CheckpointError chained to the original exception.
 _LOAD_ERRORS: tuple[type[BaseException], ...] = (
-    pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError,
+    TorchArchiveError, pickle.UnpicklingError, EOFError, RuntimeError, ValueError, TypeError, AttributeError,
     LookupError, AssertionError, OverflowError, OSError, struct.error, zipfile.BadZipFile,
 )  # fmt: skip
 
 _FIX_PICKLE = (
-    "Re-download the file, or re-export it with "
-    "torch.save(model.state_dict(), path) / convert it to .safetensors."
+    "Re-download the file, or re-save it with torch.save(model.state_dict(), path) or convert it to "
+    ".safetensors (a decoder: `python -m icm_core convert`)."
 )
+# Tensors in a state dict may share storage (tied weights), but not describe much more data than the file holds.
+_VIEW_SLACK_BYTES = 1024 * 1024
 
 
 class CheckpointError(ValueError):
-    """A checkpoint file is missing, unreadable, corrupt or does not hold a state dict."""
+    """A checkpoint file is missing, unreadable, corrupt, oversized for its contents or holds no state dict."""
+
+
+class NonFiniteTensorError(CheckpointError):
+    """A loaded tensor holds NaN or Inf values; the message names the file and the tensor."""
+
+
+def check_finite(tensors: Mapping[str, torch.Tensor], source: str, fix: str) -> None:
+    """Raise :class:`NonFiniteTensorError` naming ``source`` and the first tensor holding NaN/Inf."""
+    report = first_non_finite(tensors.items())
+    if report is not None:
+        raise NonFiniteTensorError(
+            f"{source}: tensor '{report.name}' holds {report.describe()}; expected finite numbers. {fix}"
+        )
 
 
 @dataclass(frozen=True)
@@ -68,7 +88,7 @@ class CheckpointContents:
     tensors: dict[str, torch.Tensor]  # flat name -> CPU tensor, names as stored
     metadata: dict[str, str]  # safetensors header metadata; {} for pickled files
     source_format: str  # "safetensors" | "torch-zip" | "torch-legacy"
-    loader: str  # "safetensors" | "weights_only" | "restricted_unpickler"
+    loader: str  # "safetensors" | "restricted_unpickler"
     ignored_entries: tuple[str, ...]  # non-tensor entries that were skipped
 
 
@@ -82,7 +102,8 @@ def read_checkpoint(path: PathLike) -> CheckpointContents:
 
     Raises:
         CheckpointError: the file is missing, has an unsupported extension, is
-            truncated / corrupt, is a TorchScript archive or holds no tensors.
+            truncated / corrupt, claims more data than it holds, is a TorchScript archive
+            or holds no tensors.
     """
     file = Path(path)
     if not file.exists():
@@ -215,10 +236,11 @@ def _looks_like_safetensors(file: Path) -> bool:
 
 def _read_safetensors(file: Path) -> CheckpointContents:
     try:
+        check_safetensors_layout(file)
         with safe_open(str(file), framework="pt", device="cpu") as handle:
             metadata = dict(handle.metadata() or {})
             tensors = {name: handle.get_tensor(name) for name in handle.keys()}  # noqa: SIM118
-    except (SafetensorError, OSError, RuntimeError, ValueError) as err:
+    except (SafetensorsLayoutError, SafetensorError, OSError, RuntimeError, ValueError) as err:
         raise CheckpointError(
             f"Could not read safetensors file '{file.name}' ({file}): it looks truncated or "
             f"corrupt ({type(err).__name__}: {err}). Expected a complete safetensors file; "
@@ -242,30 +264,8 @@ def _is_torchscript_zip(file: Path) -> bool:
     return any(name == "constants.pkl" or name.endswith("/constants.pkl") for name in names)
 
 
-def _corrupt_error(
-    file: Path, source_format: str, err: BaseException, refusal: str = ""
-) -> CheckpointError:
-    kind = "zip-based" if source_format == "torch-zip" else "legacy (non-zip)"
-    first = f"weights_only loader: {refusal}; restricted unpickler: " if refusal else ""
-    return CheckpointError(
-        f"Could not read PyTorch checkpoint '{file.name}' ({file}) as a {kind} torch.save "
-        f"file: it looks truncated or corrupt ({first}{type(err).__name__}: {err}). "
-        f"{_FIX_PICKLE}"
-    )
-
-
-def _refusal_reason(refusal: BaseException) -> str:
-    """The useful line of torch's long weights_only error (e.g. the refused global)."""
-    text = str(refusal)
-    marker = "WeightsUnpickler error:"
-    if marker in text:
-        text = text[text.index(marker) + len(marker) :]
-    lines = [line.strip() for line in text.strip().splitlines() if line.strip()]
-    return lines[0].split(". ")[0] if lines else type(refusal).__name__
-
-
 def _is_zip(file: Path) -> bool:
-    """Same test as torch.load: a zip local-file header at offset 0 (also when truncated)."""
+    """A zip local-file header at offset 0 (also when truncated)."""
     with file.open("rb") as handle:
         return handle.read(4) == b"PK\x03\x04"
 
@@ -277,57 +277,33 @@ def _read_pickled(file: Path) -> CheckpointContents:
             f"'{file.name}' is a TorchScript archive (torch.jit.save), not a state dict. "
             f"Expected torch.save(model.state_dict()) output; re-export the weights that way."
         )
-    loader = "weights_only"
     try:
-        loaded = torch.load(file, map_location="cpu", weights_only=True, mmap=False)
-    except pickle.UnpicklingError as refusal:
-        # weights_only refuses unknown globals (and some damaged data): retry restricted.
-        loader = "restricted_unpickler"
-        loaded = _load_restricted(file, source_format, refusal)
+        loaded = read_torch_file(file)
     except _LOAD_ERRORS as err:
-        if "legacy .tar format" in str(err):
-            raise CheckpointError(
-                f"'{file.name}' uses the pre-1.0 PyTorch .tar checkpoint format, which is not "
-                f"supported. Expected a torch.save file from PyTorch >= 1.0; re-save it with a "
-                f"current PyTorch (torch.save(state_dict, path)) or convert to .safetensors."
-            ) from err
-        raise _corrupt_error(file, source_format, err) from err
-    tensors, ignored = _extract_state_dict(loaded, file)
-    return CheckpointContents(tensors, {}, source_format, loader, ignored)
-
-
-def _load_restricted(file: Path, source_format: str, refusal: BaseException) -> Any:
-    reason = _refusal_reason(refusal)
-    logger.info(
-        "torch.load(weights_only=True) refused '%s' (%s); retrying with the restricted "
-        "unpickler (tensors only, no checkpoint code is run).", file.name, reason
-    )  # fmt: skip
-    if os.getenv("TORCH_FORCE_WEIGHTS_ONLY_LOAD", "0").lower() in {"1", "y", "yes", "true"}:
+        kind = "zip-based" if source_format == "torch-zip" else "legacy (non-zip)"
         raise CheckpointError(
-            f"'{file.name}' needs the restricted unpickler (weights_only refused it: "
-            f"{reason}), but TORCH_FORCE_WEIGHTS_ONLY_LOAD is set, which makes torch.load "
-            f"refuse any pickle_module. Unset it, or convert the file to .safetensors on a "
-            f"machine where it is unset."
-        ) from refusal
-    pickle_module = make_restricted_pickle_module()
-    try:
-        with warnings.catch_warnings():
-            # Legacy files pickling whole nn.Modules: torch cannot find our placeholders' source.
-            warnings.filterwarnings("ignore", message="Couldn't retrieve source code for container")
-            # weights_only=False is safe here only because pickle_module is our restricted unpickler: it rebuilds
-            # tensors and plain containers and turns every other global into an inert placeholder (never called).
-            loaded = torch.load(
-                file, map_location="cpu", weights_only=False, pickle_module=pickle_module, mmap=False
-            )
-    except _LOAD_ERRORS as err:
-        raise _corrupt_error(file, source_format, err, reason) from err
-    if pickle_module.placeholders:
-        names = sorted(pickle_module.placeholders)
+            f"Could not read PyTorch checkpoint '{file.name}' ({file}) as a {kind} torch.save file: it looks "
+            f"truncated or corrupt, or claims more data than it holds ({type(err).__name__}: {err}). {_FIX_PICKLE}"
+        ) from err
+    if loaded.placeholders:
+        names = sorted(loaded.placeholders)
         logger.info(
             "'%s': replaced %d non-tensor global(s) with inert placeholders: %s",
             file.name, len(names), ", ".join(names),
         )  # fmt: skip
-    return loaded
+    tensors, ignored = _extract_state_dict(loaded.obj, file)
+    _check_view_sizes(tensors, loaded.stored_bytes, file)
+    return CheckpointContents(tensors, {}, loaded.source_format, "restricted_unpickler", ignored)
+
+
+def _check_view_sizes(tensors: Mapping[str, torch.Tensor], stored: int, file: Path) -> None:
+    """Tied weights may share storage; tensors describing far more than the file stores are refused."""
+    described = sum(t.numel() * t.element_size() for t in tensors.values())
+    if described > 2 * stored + _VIEW_SLACK_BYTES:
+        raise CheckpointError(
+            f"'{file.name}' stores {stored} bytes of tensor data but its state dict describes {described} bytes "
+            f"(many tensors viewing the same data). Expected one tensor per stored weight; {_FIX_PICKLE}"
+        )
 
 
 def _extract_state_dict(loaded: object, file: Path) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:

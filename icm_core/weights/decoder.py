@@ -18,7 +18,7 @@ from ..errors import WeightsNotFoundError
 from ..modeling.decoder import InContextDecoder
 from ..modeling.key_table import OFFICIAL_PREFIX, infer_decoder_config, official_key, our_key, to_official
 from ..types import UNetFeatures
-from .checkpoint_io import read_checkpoint, write_safetensors_atomic
+from .checkpoint_io import NonFiniteTensorError, check_finite, read_checkpoint, write_safetensors_atomic
 
 logger = logging.getLogger(__name__)
 
@@ -32,7 +32,13 @@ class DecoderCheckpointError(ValueError):
 
 
 def load_decoder(path: str | Path) -> InContextDecoder:
-    """Read a decoder checkpoint and build the matching decoder (widths read from the tensors), fp32, eval."""
+    """Read a decoder checkpoint and build the matching decoder (widths read from the tensors), fp32, eval.
+
+    Raises:
+        WeightsNotFoundError: no file at ``path``.
+        CheckpointError: the file is unreadable, corrupt or claims more data than it holds.
+        DecoderCheckpointError: keys, shapes or dtypes are not those of a decoder; NaN/Inf weights.
+    """
     file = Path(path)
     if not file.is_file():
         raise WeightsNotFoundError(
@@ -45,9 +51,43 @@ def load_decoder(path: str | Path) -> InContextDecoder:
 
 
 def decoder_from_tensors(tensors: dict[str, torch.Tensor], source: str = "state dict") -> InContextDecoder:
-    """Build and strictly load a decoder from official-layout tensors (keys with or without the prefix)."""
+    """Build and strictly load a decoder from official-layout tensors (keys with or without the prefix).
+
+    The decoder is first built on the ``meta`` device (no memory) from the widths the tensors imply; only when
+    every key, shape and dtype kind matches and every value is finite is it materialised and filled, so a file
+    claiming huge widths costs nothing.
+    """
+    ours, names, unexpected = _map_keys(tensors, source)
+    try:
+        config = infer_decoder_config({official_key(k): v for k, v in ours.items()})
+    except ValueError as error:
+        raise DecoderCheckpointError(f"{source}: {error}") from error
+    _check_widths(config, source)
+    with torch.device("meta"):
+        decoder = InContextDecoder(config)
+    expected = decoder.state_dict()
+    _check_layout(ours, names, unexpected, expected, config, source)
+    try:
+        check_finite({names[k]: v for k, v in ours.items()}, source, _FIX_NON_FINITE)
+    except NonFiniteTensorError as error:
+        raise DecoderCheckpointError(str(error)) from error
+    decoder.to_empty(device="cpu")
+    decoder.load_state_dict({k: v.to(expected[k].dtype) for k, v in ours.items()}, strict=True)
+    return decoder.eval()
+
+
+_FIX_NON_FINITE = (
+    "The weights are damaged (or came from a diverged training run): re-download the official decoder or use an "
+    "earlier checkpoint."
+)
+
+
+def _map_keys(
+    tensors: dict[str, torch.Tensor], source: str
+) -> tuple[dict[str, torch.Tensor], dict[str, str], list[str]]:
+    """``(our key -> tensor, our key -> key as stored, unexpected stored keys)``; frozen SD keys are dropped."""
     ours: dict[str, torch.Tensor] = {}
-    names: dict[str, str] = {}  # our key -> the key as stored in the file
+    names: dict[str, str] = {}
     unexpected: list[str] = []
     for key, value in tensors.items():
         if key.startswith(IGNORED_PREFIXES):
@@ -61,32 +101,54 @@ def decoder_from_tensors(tensors: dict[str, torch.Tensor], source: str = "state 
     ignored = sum(1 for key in tensors if key.startswith(IGNORED_PREFIXES))
     if ignored:
         logger.info("%s: ignored %d frozen SD tensors (feature_extractor.*)", source, ignored)
-    try:
-        config = infer_decoder_config({official_key(k): v for k, v in ours.items()})
-    except ValueError as error:
-        raise DecoderCheckpointError(f"{source}: {error}") from error
-    decoder = InContextDecoder(config)
-    expected = decoder.state_dict()
+    return ours, names, unexpected
+
+
+def _check_widths(config: DecoderConfig, source: str) -> None:
+    widths = {name: value for name, value in config.__dict__.items() if name != "image_size"}
+    flat = [w for value in widths.values() for w in (value if isinstance(value, tuple) else (value,))]
+    if min(flat) < 1:
+        raise DecoderCheckpointError(
+            f"{source}: its tensors imply a decoder with a zero width ({config}); expected positive widths as in "
+            "the official release. Re-download or re-convert the file."
+        )
+
+
+def _check_layout(
+    ours: dict[str, torch.Tensor],
+    names: dict[str, str],
+    unexpected: list[str],
+    expected: dict[str, torch.Tensor],
+    config: DecoderConfig,
+    source: str,
+) -> None:
+    """Every key of the (meta) decoder present with its exact shape and a matching dtype kind; nothing else."""
     # Keys that match a table row but are not in this decoder (e.g. a 4th convstream conv) are unexpected too.
-    unexpected += [names[k] for k in ours if k not in expected]
+    unexpected = unexpected + [names[k] for k in ours if k not in expected]
     missing = [official_key(k) for k in expected if k not in ours]
     misshaped = [
         f"{official_key(k)} (expected {tuple(v.shape)}, got {tuple(ours[k].shape)})"
         for k, v in expected.items()
         if k in ours and tuple(ours[k].shape) != tuple(v.shape)
     ]
-    if missing or unexpected or misshaped:
+    mistyped = [
+        f"{official_key(k)} (expected {v.dtype}, got {ours[k].dtype})"
+        for k, v in expected.items()
+        if k in ours and ours[k].is_floating_point() != v.is_floating_point()
+    ]
+    if missing or unexpected or misshaped or mistyped:
         problems = []
-        for label, items in (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped)):
+        labelled = (("missing", missing), ("unexpected", unexpected), ("wrong shape", misshaped),
+                    ("wrong dtype", mistyped))  # fmt: skip
+        for label, items in labelled:
             if items:
-                problems.append(f"{label} keys ({len(items)}): " + ", ".join(items[:12]) + (" ..." if len(items) > 12 else ""))
+                more = " ..." if len(items) > 12 else ""
+                problems.append(f"{label} keys ({len(items)}): " + ", ".join(items[:12]) + more)
         raise DecoderCheckpointError(
             f"{source} is not a complete IconMatting decoder for widths {config}: " + "; ".join(problems)
             + f". Expected the {len(expected)} '{OFFICIAL_PREFIX}*' tensors of the official release; re-download "
             "or re-convert the file."
         )
-    decoder.load_state_dict({k: v.to(expected[k].dtype) for k, v in ours.items()}, strict=True)
-    return decoder.eval()
 
 
 def save_decoder(decoder: InContextDecoder, path: str | Path, extra_metadata: dict[str, str] | None = None) -> None:

@@ -1,46 +1,68 @@
-"""A pickle module for ``torch.load`` that can rebuild tensors and nothing else.
+"""A pickle reader that rebuilds tensors, plain containers and small scalars -- and nothing else.
 
-``torch.load(..., weights_only=True)`` refuses PyTorch-Lightning checkpoints whose
-``hyper_parameters`` / callback state hold arbitrary Python objects
-(``argparse.Namespace``, omegaconf ``DictConfig``, ...).  The plain pickle fallback
-(``weights_only=False``) would run whatever the file asks for.  This module sits in
-between: :func:`make_restricted_pickle_module` returns an object usable as
-``torch.load(..., weights_only=False, pickle_module=...)`` whose ``Unpickler.find_class``
+PyTorch checkpoints are pickles, and a pickle is a program: it may call any global it names with any arguments.
+:class:`RestrictedUnpickler` (a subclass of the pure-Python :class:`pickle._Unpickler`) makes that program harmless:
 
-* resolves only a fixed allowlist of harmless globals (tensor/parameter rebuild
-  functions, torch dtypes / storage classes / ``torch.Size`` / ``torch.device``,
-  ``collections.OrderedDict`` and plain builtin containers), built up front from
-  modules that are already imported -- it never imports anything;
-* maps **every** other global (``os.system``, ``builtins.eval``, ``pathlib.Path.touch``,
-  ``argparse.Namespace``, ...) to an inert :class:`CheckpointPlaceholder` subclass.
+* ``find_class`` never imports anything. It resolves a fixed allowlist to *our own* safe stand-ins (bounded
+  container / bytes constructors, tensor rebuild functions that check every view against its storage, and
+  non-callable markers for dtypes' storage classes and tensor types); every other global becomes an inert
+  :class:`CheckpointPlaceholder` that records its arguments and never calls anything.
+* No allowed callable allocates more than its (pickled, hence bounded) arguments: ``bytearray(N)``, ``bytes(N)``,
+  ``torch.FloatStorage(N)`` and ``torch.Tensor(N)`` are refused; ``BYTEARRAY8`` may not claim more bytes than
+  the pickle holds; the number of opcodes is capped.
+* ``BUILD`` on a global (which would ``setattr`` on torch classes process-wide) and the copyreg ``EXT*``
+  opcodes (resolved through a global cache, not ``find_class``) are refused.
 
-Placeholders accept any constructor arguments, store ``__setstate__`` / item / append
-state and never call anything, so no code from the checkpoint ever runs.  Anything
-callable that a pickle can reach comes from ``find_class`` (torch's own
-``persistent_load`` only builds storages), hence the allowlist is the attack surface.
-The unpickler is the pure-Python one so that two more opcodes can be closed: ``BUILD``
-on a global (which would ``setattr`` on torch functions / classes process-wide) and
-the copyreg ``EXT*`` opcodes (resolved through a global cache, not ``find_class``).
+Tensor data never comes from the pickle: a ``persistent_load`` callback (see :mod:`.torch_archive`) hands the
+rebuild functions (:mod:`.tensor_rebuild`) a :class:`LoadedStorage`, whose bytes were read from the file after
+their size was checked.
+Every refusal is a :class:`pickle.UnpicklingError` saying what was refused.
 """
 
 from __future__ import annotations
 
 import _compat_pickle
-import codecs
 import collections
+import io
 import pickle
 import threading
-from typing import Any, BinaryIO, ClassVar
+import warnings
+from typing import Any, BinaryIO, Callable, ClassVar
 
 import torch
 
+from .tensor_rebuild import (
+    LoadedStorage,
+    StorageType,
+    bounded_bytes,
+    bounded_container,
+    latin1_encode,
+    rebuild_from_type_v2,
+    rebuild_parameter,
+    rebuild_tensor,
+    rebuild_tensor_v2,
+    rebuild_tensor_v3,
+    refuse,
+    TensorType,
+    torch_size,
+)
+
 __all__ = [
+    "MAX_PICKLE_OPCODES",
     "CheckpointPlaceholder",
+    "LoadedStorage",
     "RestrictedPickleModule",
+    "RestrictedUnpickler",
+    "StorageType",
     "allowed_globals",
     "make_restricted_pickle_module",
     "placeholder_for",
 ]
+
+# A state dict costs ~25 opcodes per tensor; this allows ~40k tensors and caps the Python objects a pickle can
+# create (each opcode makes at most one small object) at a few hundred MB even for hostile files.
+MAX_PICKLE_OPCODES = 1_000_000
+_DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
 class _FrozenClass(type):
@@ -121,51 +143,52 @@ def placeholder_for(qualified_name: str) -> type[CheckpointPlaceholder]:
 
 
 def _build_allowlist() -> dict[tuple[str, str], Any]:
-    from torch import _utils as tutils
-
     allowed: dict[tuple[str, str], Any] = {
-        ("collections", "OrderedDict"): collections.OrderedDict,
-        ("torch", "Size"): torch.Size,
+        ("collections", "OrderedDict"): bounded_container(collections.OrderedDict),
+        ("torch", "Size"): torch_size,
         ("torch", "device"): torch.device,
-        ("torch", "Tensor"): torch.Tensor,
-        ("torch._tensor", "Tensor"): torch.Tensor,
-        ("torch.nn.parameter", "Parameter"): torch.nn.Parameter,
-        ("torch._tensor", "_rebuild_from_type_v2"): torch._tensor._rebuild_from_type_v2,
-        ("_codecs", "encode"): codecs.encode,  # how protocol-2 pickles store bytes
+        ("torch", "Tensor"): TensorType("torch.Tensor"),
+        ("torch._tensor", "Tensor"): TensorType("torch.Tensor"),
+        ("torch.nn.parameter", "Parameter"): TensorType("torch.nn.Parameter"),
+        ("torch._tensor", "_rebuild_from_type_v2"): rebuild_from_type_v2,
+        ("torch._utils", "_rebuild_tensor"): rebuild_tensor,
+        ("torch._utils", "_rebuild_tensor_v2"): rebuild_tensor_v2,
+        ("torch._utils", "_rebuild_tensor_v3"): rebuild_tensor_v3,
+        ("torch._utils", "_rebuild_parameter"): rebuild_parameter,
+        ("torch._utils", "_rebuild_parameter_with_state"): rebuild_parameter,
+        ("_codecs", "encode"): latin1_encode,
+        ("builtins", "bytes"): bounded_bytes(bytes),
+        ("builtins", "bytearray"): bounded_bytes(bytearray),
+        ("builtins", "complex"): complex,
+        ("builtins", "slice"): slice,
+        ("torch", "UntypedStorage"): StorageType("UntypedStorage", torch.uint8),
+        ("torch.storage", "UntypedStorage"): StorageType("UntypedStorage", torch.uint8),
     }
-    for fn_name in (
-        "_rebuild_tensor",
-        "_rebuild_tensor_v2",
-        "_rebuild_tensor_v3",
-        "_rebuild_parameter",
-        "_rebuild_parameter_with_state",
-    ):
-        fn = getattr(tutils, fn_name, None)
-        if fn is not None:
-            allowed[("torch._utils", fn_name)] = fn
-    allowed[("torch.storage", "TypedStorage")] = torch.storage.TypedStorage
-    allowed[("torch.storage", "UntypedStorage")] = torch.UntypedStorage
-    for builtin in (set, frozenset, list, dict, tuple, bytearray, bytes, complex, slice):
-        allowed[("builtins", builtin.__name__)] = builtin
+    for kind in (set, frozenset, list, dict, tuple):
+        allowed[("builtins", kind.__name__)] = bounded_container(kind)
     # vars() instead of getattr(): torch.__getattr__ lazily imports submodules.
     for name, value in list(vars(torch).items()):
         if isinstance(value, torch.dtype):
             allowed[("torch", name)] = value
-        elif isinstance(value, type) and name.endswith("Storage"):
-            is_storage = issubclass(value, (torch.storage.TypedStorage, torch.UntypedStorage))
-            if is_storage:
-                allowed[("torch", name)] = value
+        elif isinstance(value, type) and name.endswith("Storage") and issubclass(value, torch.storage.TypedStorage):
+            with warnings.catch_warnings():  # legacy storage classes warn that TypedStorage is deprecated
+                warnings.simplefilter("ignore")
+                dtype = getattr(value, "dtype", None)
+            if isinstance(dtype, torch.dtype):
+                allowed[("torch", name)] = StorageType(name, dtype)
     return allowed
 
 
 _ALLOWLIST: dict[tuple[str, str], Any] | None = None
+_ALLOWED_IDS: frozenset[int] | None = None
 
 
 def allowed_globals() -> dict[tuple[str, str], Any]:
     """Return a copy of the ``(module, name) -> object`` allowlist."""
-    global _ALLOWLIST  # noqa: PLW0603 - built lazily once, read-only afterwards
+    global _ALLOWLIST, _ALLOWED_IDS  # noqa: PLW0603 - built lazily once, read-only afterwards
     if _ALLOWLIST is None:
         _ALLOWLIST = _build_allowlist()
+        _ALLOWED_IDS = frozenset(id(obj) for obj in _ALLOWLIST.values())
     return dict(_ALLOWLIST)
 
 
@@ -176,87 +199,118 @@ def _fix_py2_names(module: str, name: str) -> tuple[str, str]:
     return _compat_pickle.IMPORT_MAPPING.get(module, module), name
 
 
-def _load_build_checked(self: pickle._Unpickler) -> None:
-    """``BUILD`` that refuses to set state on globals (classes, functions, dtypes...).
+# --------------------------------------------------------------------------- opcode overrides
 
-    The stock opcode would ``setattr`` on whatever object sits below the state, which
-    for a global means patching torch / placeholder classes process-wide.
-    """
+
+def _load_build_checked(self: pickle._Unpickler) -> None:
+    """``BUILD`` that refuses to set state on globals (classes, functions, dtypes, markers)."""
     stack = self.stack
     if len(stack) >= 2:
         target = stack[-2]
-        if isinstance(target, type) or id(target) in _allowed_ids():
-            raise pickle.UnpicklingError(
-                f"restricted unpickler: refusing BUILD (setstate) on the global {target!r}"
-            )
+        allowed_globals()
+        if isinstance(target, (type, StorageType, TensorType)) or id(target) in (_ALLOWED_IDS or ()):
+            raise refuse(f"refusing BUILD (setstate) on the global {target!r}")
     pickle._Unpickler.load_build(self)
 
 
 def _refuse_extension(self: pickle._Unpickler) -> None:
-    # EXT1/2/4 resolve through copyreg's process-wide cache, bypassing find_class.
-    raise pickle.UnpicklingError(
-        "restricted unpickler: copyreg extension opcodes (EXT1/EXT2/EXT4) are not allowed"
-    )
+    raise refuse("copyreg extension opcodes (EXT1/EXT2/EXT4) are not allowed")
 
 
-_DISPATCH = dict(pickle._Unpickler.dispatch)
-_DISPATCH[pickle.BUILD[0]] = _load_build_checked
+def _load_bytearray8_bounded(self: RestrictedUnpickler) -> None:
+    (length,) = pickle.unpack("<Q", self.read(8))
+    if length > self.max_bytes:
+        raise refuse(f"BYTEARRAY8 claims {length} bytes but the pickle holds only {self.max_bytes}")
+    data = self.read(length)
+    if len(data) != length:
+        raise refuse(f"BYTEARRAY8 claims {length} bytes but only {len(data)} follow (truncated pickle)")
+    self.append(bytearray(data))
+
+
+def _counted(handler: Callable[[Any], None]) -> Callable[[Any], None]:
+    def run(self: RestrictedUnpickler) -> None:
+        self.opcodes += 1
+        if self.opcodes > self.max_opcodes:
+            raise refuse(
+                f"the pickle runs more than {self.max_opcodes} opcodes (a state dict needs ~25 per tensor)"
+            )
+        handler(self)
+
+    return run
+
+
+_OVERRIDES: dict[int, Callable[[Any], None]] = {pickle.BUILD[0]: _load_build_checked}
+_OVERRIDES[pickle.BYTEARRAY8[0]] = _load_bytearray8_bounded
 for _opcode in (pickle.EXT1, pickle.EXT2, pickle.EXT4):
-    _DISPATCH[_opcode[0]] = _refuse_extension
+    _OVERRIDES[_opcode[0]] = _refuse_extension
+_DISPATCH = {code: _counted(_OVERRIDES.get(code, fn)) for code, fn in pickle._Unpickler.dispatch.items()}
 
 
-def _allowed_ids() -> frozenset[int]:
-    global _ALLOWED_IDS  # noqa: PLW0603 - built lazily once, read-only afterwards
-    if _ALLOWED_IDS is None:
-        _ALLOWED_IDS = frozenset(id(obj) for obj in allowed_globals().values())
-    return _ALLOWED_IDS
+class RestrictedUnpickler(pickle._Unpickler):
+    """Unpickler whose globals are the allowlist or inert placeholders (see module doc).
 
+    Args:
+        file: binary stream holding the pickle.
+        max_bytes: size of the pickle source; no opcode may claim more bytes than this.
+        persistent_load: called with each persistent id (torch storages); without it they are refused.
+        placeholders: set collecting the qualified names of the globals replaced by placeholders.
+        max_opcodes: refuse pickles that run more opcodes than this.
+    """
 
-_ALLOWED_IDS: frozenset[int] | None = None
+    dispatch = _DISPATCH
+
+    def __init__(
+        self,
+        file: BinaryIO,
+        *,
+        max_bytes: int,
+        persistent_load: Callable[[Any], Any] | None = None,
+        placeholders: set[str] | None = None,
+        max_opcodes: int = MAX_PICKLE_OPCODES,
+    ) -> None:
+        super().__init__(file, encoding="utf-8")
+        self.max_bytes = max_bytes
+        self.max_opcodes = max_opcodes
+        self.opcodes = 0
+        self.placeholders = placeholders if placeholders is not None else set()
+        self._persistent = persistent_load
+        self._allowlist = allowed_globals()
+
+    def find_class(self, module: str, name: str) -> Any:
+        module, name = _fix_py2_names(str(module), str(name))
+        found = self._allowlist.get((module, name))
+        if found is not None:
+            return found
+        qualified = f"{module}.{name}"
+        self.placeholders.add(qualified)
+        return placeholder_for(qualified)
+
+    def persistent_load(self, pid: Any) -> Any:
+        if self._persistent is None:
+            raise refuse(f"persistent id {str(pid)[:80]} outside a torch checkpoint")
+        return self._persistent(pid)
 
 
 class RestrictedPickleModule:
-    """Per-load stand-in for the :mod:`pickle` module (``Unpickler`` + ``load``).
+    """A ``pickle``-like object (``loads`` / ``load``) over :class:`RestrictedUnpickler`, for plain pickles.
 
-    ``placeholders`` collects the qualified names of every global that was replaced by
-    a placeholder during the load(s) done through this object.
+    ``placeholders`` collects the qualified names of every global replaced by a placeholder.
     """
 
     def __init__(self) -> None:
-        self.__name__ = __name__  # torch.load checks ``pickle_module.__name__ == "dill"``
+        self.__name__ = __name__
         self.placeholders: set[str] = set()
-        allowlist = allowed_globals()
-        record = self.placeholders
 
-        # The pure-Python unpickler, so that BUILD and EXT* can be restricted too (the C
-        # one cannot be hooked). Only data.pkl goes through it; tensor bytes do not.
-        class Unpickler(pickle._Unpickler):
-            """Unpickler whose ``find_class`` never imports or runs anything."""
+    def load(self, file: BinaryIO, max_bytes: int | None = None) -> Any:
+        """Unpickle one object from ``file`` (no persistent ids; lengths bounded by ``max_bytes``)."""
+        bound = max_bytes if max_bytes is not None else _DEFAULT_MAX_BYTES
+        return RestrictedUnpickler(file, max_bytes=bound, placeholders=self.placeholders).load()
 
-            dispatch = _DISPATCH
-
-            def find_class(self, module: str, name: str) -> Any:
-                module, name = _fix_py2_names(str(module), str(name))
-                found = allowlist.get((module, name))
-                if found is not None:
-                    return found
-                qualified = f"{module}.{name}"
-                record.add(qualified)
-                return placeholder_for(qualified)
-
-        self.Unpickler = Unpickler
-
-    def load(self, file: BinaryIO, **kwargs: Any) -> Any:
-        """Unpickle one object from ``file`` with the restricted ``Unpickler``."""
-        return self.Unpickler(file, **kwargs).load()
-
-    def loads(self, data: bytes, **kwargs: Any) -> Any:
-        """Unpickle one object from ``data`` with the restricted ``Unpickler``."""
-        import io
-
-        return self.load(io.BytesIO(data), **kwargs)
+    def loads(self, data: bytes) -> Any:
+        """Unpickle one object from ``data``."""
+        return self.load(io.BytesIO(data), max_bytes=len(data))
 
 
 def make_restricted_pickle_module() -> RestrictedPickleModule:
-    """Create a fresh restricted pickle module for one ``torch.load`` call."""
+    """Create a fresh restricted pickle module (its own ``placeholders`` record)."""
     return RestrictedPickleModule()

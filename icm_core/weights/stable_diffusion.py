@@ -36,7 +36,7 @@ from diffusers.loaders.single_file_utils import (
 from transformers import CLIPTextConfig, CLIPTextModel
 
 from ..errors import WeightsNotFoundError
-from .checkpoint_io import read_checkpoint
+from .checkpoint_io import check_finite, read_checkpoint
 
 __all__ = [
     "SD2_EMPTY_PROMPT_IDS",
@@ -139,6 +139,8 @@ def load_stable_diffusion(
     Raises:
         WeightsNotFoundError: ``path`` or a part of the diffusers folder is missing.
         ValueError: a single-file checkpoint is not SD 2.x or does not match the configs.
+        CheckpointError: a weights file is unreadable or claims more data than it holds (a ValueError).
+        NonFiniteTensorError: a weight holds NaN/Inf (a CheckpointError); the message names the part and tensor.
     """
     root = Path(path).expanduser()
     if root.is_dir():
@@ -149,6 +151,8 @@ def load_stable_diffusion(
         unet, vae, text_encoder = _load_single_file(root, Path(config_dir or DEFAULT_CONFIG_DIR))
     else:
         raise _not_found(f"Stable Diffusion 2.1 weights not found: '{root}' does not exist", root)
+    for part, model in (("unet", unet), ("vae", vae), ("text_encoder", text_encoder)):
+        _require_finite(model, f"'{root}' ({layout}, {part})")
 
     embedding = encode_empty_prompt(text_encoder).to(device=device, dtype=dtype)
     del text_encoder
@@ -157,6 +161,12 @@ def load_stable_diffusion(
     vae.to(device=device, dtype=dtype).eval().requires_grad_(False)
     logger.info("Loaded Stable Diffusion 2.x (%s) from %s", layout, root)
     return StableDiffusionParts(unet=unet, vae=vae, empty_prompt_embedding=embedding, source=f"{layout}:{root}")
+
+
+def _require_finite(model: torch.nn.Module, source: str) -> None:
+    """Every weight finite (a sum per tensor first: ~0.4 s per GB of weights on two CPU cores)."""
+    tensors = dict(model.state_dict())
+    check_finite(tensors, source, "The weights are damaged: re-download them (or re-convert them).")
 
 
 # --------------------------------------------------------------------------- diffusers folder
