@@ -11,6 +11,7 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import NonFiniteError
 from .postprocess import composite as compose_over
 from .postprocess import estimate_foreground, to_rgba
 
@@ -61,6 +62,9 @@ def make_outputs(
     """
     if tuple(alpha.shape) != tuple(image.shape[-2:]):
         raise ValueError(f"alpha {tuple(alpha.shape)} must match the image size {tuple(image.shape[-2:])}")
+    for name, tensor in (("alpha", alpha), ("image", image)):
+        if not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteError(f"make_outputs: the {name} holds NaN/Inf values; expected finite values in [0, 1].")
     alpha = alpha.to(image.device, torch.float32)
     rgb = (image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)).float()
     needs_colour = {"foreground", "rgba", "composite"} & set(kinds)
