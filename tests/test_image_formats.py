@@ -3,7 +3,6 @@ the size guard. Every file is written here, most of them byte by byte."""
 
 from __future__ import annotations
 
-import io
 import struct
 import warnings
 import zlib
