@@ -10,7 +10,8 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from .errors import WeightsNotFoundError
+from .errors import NonFiniteError, WeightsNotFoundError
+from .image_io import ImageReadError
 from .evaluation.commands import add_evaluate_parser
 from .matte_command import DTYPES, add_matte_parser
 from .loader import MODELS_DIR_VARIABLE, default_models_dir
@@ -80,6 +81,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     handler = getattr(args, "handler", None) or handlers[args.command]  # evaluate/train register args.handler
     try:
         return handler(args)
-    except (WeightsNotFoundError, CheckpointError, DecoderCheckpointError, EmptyReferenceError) as error:
+    except (WeightsNotFoundError, CheckpointError, DecoderCheckpointError, EmptyReferenceError, NonFiniteError,
+            ImageReadError) as error:
         # Bad or missing user files: one clear line, not a traceback.
         raise SystemExit(f"error: {error}") from error

@@ -1,7 +1,8 @@
 """Input normalisation and the resize to / from the model's square working size.
 
 Core layout: images are ``[C, H, W]`` float tensors in [0, 1] (or ``[B, C, H, W]`` batches); masks ``[H, W]``
-float in [0, 1]. PIL images and ``H x W (x C)`` uint8 numpy arrays are accepted too.
+float in [0, 1]. PIL images (any mode :mod:`icm_core.image_io` reads, at the same scale) and ``H x W (x C)`` uint8 /
+uint16 / float numpy arrays are accepted too. Files are read by :mod:`icm_core.image_io`.
 """
 
 from __future__ import annotations
@@ -14,6 +15,8 @@ import torch
 import torch.nn.functional as F
 from PIL import Image
 
+from .image_io import pil_to_array
+
 MIN_IMAGE_SIDE = 64
 
 ImageLike = Union[torch.Tensor, np.ndarray, Image.Image]
@@ -21,7 +24,8 @@ ImageLike = Union[torch.Tensor, np.ndarray, Image.Image]
 
 def _to_tensor(image: ImageLike, what: str) -> torch.Tensor:
     if isinstance(image, Image.Image):
-        image = np.asarray(image)
+        array, _ = pil_to_array(image, what)  # palette, 16-bit, float... as the file reader decodes them
+        return torch.from_numpy(np.ascontiguousarray(array)).permute(2, 0, 1)
     if isinstance(image, np.ndarray):
         array = image
         if array.dtype == np.uint8:

@@ -11,7 +11,7 @@ from tqdm import tqdm
 
 from .config import ExtractionConfig
 from .context_io import load_context, save_context
-from .image_io import read_image, read_mask
+from .image_io import DEFAULT_MAX_IMAGE_PIXELS, read_image, read_mask, set_max_image_pixels
 from .loader import load_engine
 from .matte_job import JobSettings, check_output_folder, collect_targets, run_job
 from .outputs import OUTPUT_KINDS, parse_colour
@@ -44,6 +44,8 @@ def add_matte_parser(commands: argparse._SubParsersAction) -> None:
     prompt.add_argument("--save-context", type=Path, help="also save the reference context to this .safetensors file")
     output = matte.add_argument_group("outputs")
     output.add_argument("--save", default="alpha", help=f"comma list of {', '.join(OUTPUT_KINDS)} (fg = foreground)")
+    output.add_argument("--max-image-pixels", type=int, default=None,
+                        help=f"largest image read, in pixels (default {DEFAULT_MAX_IMAGE_PIXELS:,} or $ICM_MAX_IMAGE_PIXELS)")
     output.add_argument("--resume", action="store_true", help="skip targets whose outputs all exist")
     output.add_argument("--fit", choices=("stretch", "pad", "crop"), default="stretch", help="how images reach 768²")
     output.add_argument("--refine", action="store_true", help="full-resolution guided-filter edge refinement")
@@ -93,6 +95,10 @@ def _reference_context(engine: IconMatting, args: argparse.Namespace) -> Referen
 
 def run_matte_command(args: argparse.Namespace) -> int:
     kinds = _kinds(args.save)
+    if args.max_image_pixels is not None:
+        if args.max_image_pixels < 1:
+            raise SystemExit(f"error: --max-image-pixels must be a positive number of pixels, got {args.max_image_pixels}")
+        set_max_image_pixels(args.max_image_pixels)
     inputs = [*args.targets, *(p for p in (args.reference, args.reference_mask) if p is not None)]
     try:
         check_output_folder(args.out, inputs)

@@ -11,8 +11,9 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import NonFiniteError
 from .postprocess import composite as compose_over
-from .postprocess import estimate_foreground, to_rgba
+from .postprocess.foreground import estimate_foreground_into
 
 OUTPUT_KINDS = ("alpha", "rgba", "foreground", "composite")
 
@@ -20,6 +21,9 @@ OUTPUT_KINDS = ("alpha", "rgba", "foreground", "composite")
 @dataclass(frozen=True)
 class MatteOutputs:
     """Outputs of one image (float32 in [0, 1], on the device of the inputs).
+
+    When both are asked for, ``foreground`` is a view of ``rgba[:3]`` (one buffer: outputs of a 24 MP photo stay
+    within ~28 bytes per pixel, plus ~16 bytes per pixel of working memory while they are made).
 
     Attributes:
         alpha: ``[H, W]``.
@@ -61,18 +65,31 @@ def make_outputs(
     """
     if tuple(alpha.shape) != tuple(image.shape[-2:]):
         raise ValueError(f"alpha {tuple(alpha.shape)} must match the image size {tuple(image.shape[-2:])}")
+    for name, tensor in (("alpha", alpha), ("image", image)):
+        if not bool(torch.isfinite(tensor).all()):
+            raise NonFiniteError(f"make_outputs: the {name} holds NaN/Inf values; expected finite values in [0, 1].")
     alpha = alpha.to(image.device, torch.float32)
     rgb = (image[:3] if image.shape[0] >= 3 else image[:1].expand(3, -1, -1)).float()
     needs_colour = {"foreground", "rgba", "composite"} & set(kinds)
     if not needs_colour:
         return MatteOutputs(alpha=alpha)
-    foreground = estimate_foreground(rgb[None], alpha[None, None])[0][0] if estimate_colours else rgb
+    rgba = None
+    if "rgba" in kinds:  # the estimate is written straight into the RGBA output's colour channels
+        rgba = torch.empty((4, *alpha.shape), dtype=torch.float32, device=image.device)
+        rgba[3] = alpha
+    if estimate_colours:
+        foreground = rgba[:3] if rgba is not None else torch.empty_like(rgb)
+        estimate_foreground_into(rgb, alpha[None], foreground)
+    else:
+        foreground = rgb
+        if rgba is not None:
+            rgba[:3] = rgb
     if isinstance(background, torch.Tensor):
         background = background.to(image.device, torch.float32)[None]
     return MatteOutputs(
         alpha=alpha,
         foreground=foreground if "foreground" in kinds else None,
-        rgba=to_rgba(foreground[None], alpha[None, None])[0] if "rgba" in kinds else None,
+        rgba=rgba,
         composite=compose_over(foreground[None], alpha[None, None], background)[0] if "composite" in kinds else None,
     )
 

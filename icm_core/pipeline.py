@@ -17,6 +17,7 @@ import numpy as np
 import torch
 
 from .config import ExtractionConfig, config_fingerprint
+from .errors import NonFiniteError
 from .features.backend import FeatureBackend, extract_features
 from .fit import Placement, aligned_alpha, from_square, placement, to_square
 from .images import ImageLike, image_list, to_mask, to_model_range, to_rgb
@@ -186,6 +187,8 @@ class IconMatting:
                 )
             square = self._square(image, fit)[None]
             features = extract_features(self.backend, square, self.extraction, seed, record_attention=False)
+            if _first_non_finite_row(features.high) is not None:
+                raise NonFiniteError(_model_non_finite(f"reference image {index}", "UNet features"))
             tokens.append(select_reference_tokens(features.high[0].float().cpu(), token_mask.bool().cpu()))
         context = ReferenceContext(
             tokens=torch.cat(tokens),
@@ -262,7 +265,13 @@ class IconMatting:
         for start, chunk in _micro_batches(images, batch_size):
             placements = [placement(*image.shape[1:], self.extraction.image_size, fit) for image in chunk]
             square = torch.stack([to_model_range(to_square(image, where)) for image, where in zip(chunk, placements)])
-            alphas = self._matte_squares(context.tokens, square, seed).float()
+            try:
+                alphas = self._matte_squares(context.tokens, square, seed).float()
+            except _NonFiniteRow as bad:
+                raise NonFiniteError(_model_non_finite(f"target image {start + bad.row}", bad.what)) from None
+            bad_row = _first_non_finite_row(alphas)
+            if bad_row is not None:
+                raise NonFiniteError(_model_non_finite(f"target image {start + bad_row}", "alpha"))
             for offset, (image, alpha, where) in enumerate(zip(chunk, alphas, placements)):
                 yield start + offset, self._restore(alpha[None], image, where, refinement)
             done += len(chunk)
@@ -308,6 +317,7 @@ class IconMatting:
         device = self.backend.place_decoder(self.decoder)
         dtype = next(self.decoder.parameters()).dtype
         features = _cast_features(features, device, dtype)
+        _check_features(features)
         tokens, square = tokens.to(device, dtype), square.to(device, dtype)
         # On CPUs the decoder runs image by image: same speed, a third of the working memory at 768 px.
         step = 1 if device.type == "cpu" else square.shape[0]
@@ -368,6 +378,40 @@ def _micro_batches(
             start, chunk = index + 1, []
     if chunk:
         yield start, chunk
+
+
+class _NonFiniteRow(Exception):
+    """Internal: row ``row`` of a micro-batch holds NaN/Inf in ``what`` (turned into NonFiniteError by the caller)."""
+
+    def __init__(self, row: int, what: str) -> None:
+        super().__init__(row, what)
+        self.row, self.what = row, what
+
+
+def _first_non_finite_row(tensor: torch.Tensor) -> int | None:
+    """Index of the first row (dim 0) of ``tensor`` holding NaN/Inf, or None."""
+    bad = ~torch.isfinite(tensor.reshape(tensor.shape[0], -1)).all(dim=1)
+    return int(bad.nonzero()[0, 0]) if bool(bad.any()) else None
+
+
+def _check_features(features: UNetFeatures) -> None:
+    """Raise :class:`_NonFiniteRow` for the first target whose features or attention maps hold NaN/Inf."""
+    for what, tensor in (
+        ("UNet features", features.low),
+        ("UNet features", features.high),
+        ("attention maps", features.attention_low),
+        ("attention maps", features.attention_high),
+    ):
+        row = None if tensor is None else _first_non_finite_row(tensor)
+        if row is not None:
+            raise _NonFiniteRow(row, what)
+
+
+def _model_non_finite(source: str, what: str) -> str:
+    return (
+        f"{source}: the model produced NaN/Inf in its {what}, so no matte was made (fp16 overflow? run in fp32: "
+        "--dtype fp32 without --autocast, or dtype=torch.float32 when loading the engine)."
+    )
 
 
 def _split_masks(masks: ImageLike, count: int) -> list[ImageLike]:

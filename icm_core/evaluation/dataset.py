@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from PIL import Image
+from ..image_io import read_grey
 
 logger = logging.getLogger(__name__)
 
@@ -179,9 +179,9 @@ def split_group(
 
 
 def read_trimap(path: str | Path) -> np.ndarray:
-    """A trimap file -> ``H x W`` uint8 (0 background, 128 unknown, 255 foreground); RGB files use their grey level."""
-    with Image.open(path) as opened:
-        return np.asarray(opened.convert("L"), dtype=np.uint8).copy()
+    """A trimap file -> ``H x W`` uint8 (0 background, 128 unknown, 255 foreground); RGB files use their grey level,
+    16-bit files are scaled to 0..255 (the image reader of :mod:`icm_core.image_io`)."""
+    return read_grey(path).mul(255).round().to(torch.uint8).numpy()
 
 
 # ----------------------------------------------------------------------------------------------- helpers

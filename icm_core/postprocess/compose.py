@@ -13,6 +13,9 @@ from torch import Tensor
 
 __all__ = ["to_rgba", "composite"]
 
+#: Pixels (rows x width x batch) composited at a time: bounds the temporaries to a few MB.
+_BAND_ELEMENTS = 1 << 18
+
 
 def _check_fg_alpha(foreground: Tensor, alpha: Tensor, name: str) -> None:
     if foreground.dim() != 4 or foreground.shape[1] != 3:
@@ -85,9 +88,17 @@ def composite(
 
     Returns:
         ``[B, 3, H, W]`` composite in ``foreground``'s dtype and device (values stay in ``[0, 1]``
-        for inputs in ``[0, 1]``; nothing is clamped).
+        for inputs in ``[0, 1]``; nothing is clamped). Computed in bands of rows: the only full-size
+        allocation is the result.
     """
     _check_fg_alpha(foreground, alpha, "composite")
     bg = _background_tensor(background, foreground)
-    a = alpha.to(device=foreground.device, dtype=foreground.dtype)
-    return a * foreground + (1.0 - a) * bg
+    out = torch.empty_like(foreground)
+    height = foreground.shape[2]
+    step = max(1, _BAND_ELEMENTS // max(1, foreground.shape[0] * foreground.shape[3]))
+    for top in range(0, height, step):  # in bands of rows: no full-size temporaries
+        rows = slice(top, min(height, top + step))
+        a = alpha[:, :, rows].to(device=foreground.device, dtype=foreground.dtype)
+        band_bg = bg[:, :, rows] if bg.shape[2] == height else bg
+        out[:, :, rows] = a * foreground[:, :, rows] + (1.0 - a) * band_bg
+    return out

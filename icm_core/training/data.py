@@ -29,7 +29,7 @@ import torch
 import torch.nn.functional as F
 
 from ..evaluation.dataset import DatasetError, DatasetGroup, DatasetItem, MattingDataset, check_same_size
-from ..image_io import read_image, read_mask
+from ..image_io import image_size, read_image, read_mask
 from ..images import stretch_to_square
 from ..modeling.similarity import pool_token_mask
 from .losses import is_binary_alpha
@@ -109,11 +109,8 @@ def load_reference(item: DatasetItem, size: int) -> tuple[torch.Tensor, torch.Te
 
 
 def image_size_of(item: DatasetItem) -> tuple[int, int]:
-    """``(H, W)`` of an item's image, read from the file header only."""
-    from PIL import Image
-
-    with Image.open(item.image) as opened:
-        return opened.height, opened.width
+    """``(H, W)`` of an item's image as read (EXIF rotation applied), from the file header only."""
+    return image_size(item.image)
 
 
 class PairSampler:
