@@ -5,3 +5,12 @@ from __future__ import annotations
 
 class WeightsNotFoundError(FileNotFoundError):
     """Model weights (or one of their parts) are not where they were expected; the message says where to put them."""
+
+
+def image_read_errors() -> tuple[type[BaseException], ...]:
+    """What reading one damaged or hostile image file can raise: PIL parsers raise a few kinds besides OSError
+    (``SyntaxError``, ``EOFError``, ``DecompressionBombError``); checks on the pixels raise ``ValueError``.
+    Long jobs catch exactly these per item, list the item with the reason and go on."""
+    from PIL import Image
+
+    return (OSError, ValueError, SyntaxError, EOFError, Image.DecompressionBombError)

@@ -38,6 +38,17 @@ def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
 
 
+def _cli_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
+    """Run the CLI expecting a user error: exit code 2 and exactly one ``error:`` line on stderr (returned)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(args)
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
+
+
 def _listing(folder: Path) -> dict[str, bytes]:
     return {str(p.relative_to(folder)): p.read_bytes() for p in sorted(folder.rglob("*")) if p.is_file()}
 
@@ -143,38 +154,32 @@ def test_matte_writes_one_alpha_per_target_at_its_size(tiny_weights, inputs, tmp
         np.testing.assert_array_equal(written[name], to_uint8(alpha))
 
 
-def test_matte_refuses_output_into_an_input_folder(tiny_weights, inputs):
+def test_matte_refuses_output_into_an_input_folder(tiny_weights, inputs, capsys):
     sd, decoder = tiny_weights
     before = _listing(inputs)
-    with pytest.raises(SystemExit) as error:
-        cli.main(_matte_args(sd, decoder, inputs, inputs, [inputs / name for name in TARGET_SIZES]))
-    assert "input folder" in str(error.value.code)
+    message = _cli_error(capsys, _matte_args(sd, decoder, inputs, inputs, [inputs / name for name in TARGET_SIZES]))
+    assert "input folder" in message
     assert _listing(inputs) == before
 
 
-def test_matte_missing_target_is_a_clear_error(tiny_weights, inputs, tmp_path):
+def test_matte_missing_target_is_a_clear_error(tiny_weights, inputs, tmp_path, capsys):
     sd, decoder = tiny_weights
     missing = inputs / "no_such_target.png"
     out = tmp_path / "alphas"
-    with pytest.raises(SystemExit) as error:
-        cli.main(_matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png", missing]))
-    message = str(error.value.code)
+    message = _cli_error(capsys, _matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png", missing]))
     assert message.startswith("error:") and "does not exist" in message and str(missing) in message
     assert not out.exists()
 
 
 @pytest.mark.parametrize("what", ["decoder", "sd"])
-def test_matte_missing_weights_is_a_clear_error(what, tiny_weights, inputs, tmp_path):
+def test_matte_missing_weights_is_a_clear_error(what, tiny_weights, inputs, tmp_path, capsys):
     sd, decoder = tiny_weights
     if what == "decoder":
         decoder = tmp_path / OFFICIAL_DECODER_FILE
     else:
         sd = tmp_path / "stable-diffusion-2-1"
     out = tmp_path / "alphas"
-    with pytest.raises(SystemExit) as error:
-        cli.main(_matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png"]))
-    message = str(error.value.code)
-    assert message.startswith("error:")
+    message = _cli_error(capsys, _matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png"]))
     assert (OFFICIAL_DECODER_FILE if what == "decoder" else "stable-diffusion-2-1") in message
     assert not out.exists()
 
@@ -207,7 +212,7 @@ def test_matte_folders_resume_and_broken_inputs(tiny_weights, inputs, tmp_path, 
     assert "broken.png" in captured.err and "tiny.png" in captured.err and "expected both sides >= 64" in captured.err
     for kind in ("alpha", "rgba", "foreground", "composite"):
         names = sorted(str(p.relative_to(out / kind)) for p in (out / kind).rglob("*.png"))
-        assert names == ["shot_a/0001.png", "shot_a/0002.png", "shot_b/deep/0001.png"], kind
+        assert names == ["shot_a/0001.png", "shot_a/0002.jpg.png", "shot_b/deep/0001.png"], kind
     with Image.open(out / "rgba" / "shot_a" / "0001.png") as rgba:
         assert rgba.mode == "RGBA" and rgba.size == (96, 80)
     assert _tree(frames) == before  # the input tree is untouched
@@ -218,12 +223,13 @@ def test_matte_folders_resume_and_broken_inputs(tiny_weights, inputs, tmp_path, 
     assert "wrote 0, skipped 3 (already done), failed 2" in capsys.readouterr().out
     assert _tree(out) == written  # finished outputs were not rewritten
 
-    (out / "composite" / "shot_a" / "0002.png").unlink()
+    (out / "composite" / "shot_a" / "0002.jpg.png").unlink()
     assert cli.main(args + ["--resume"]) == 1
     assert "wrote 1, skipped 2" in capsys.readouterr().out
 
-    with pytest.raises(SystemExit, match="inside the input folder"):
-        cli.main(_matte_args(sd, decoder, inputs, frames / "shot_a" / "out", [frames]))
+    assert "inside the input folder" in _cli_error(
+        capsys, _matte_args(sd, decoder, inputs, frames / "shot_a" / "out", [frames])
+    )
 
 
 def test_matte_from_points_and_a_saved_context(tiny_weights, inputs, tmp_path, capsys):
@@ -239,5 +245,5 @@ def test_matte_from_points_and_a_saved_context(tiny_weights, inputs, tmp_path, c
     first = np.asarray(Image.open(tmp_path / "a" / "alpha" / "t_wide.png"))
     second = np.asarray(Image.open(tmp_path / "b" / "alpha" / "t_wide.png"))
     np.testing.assert_array_equal(first, second)
-    with pytest.raises(SystemExit, match="exactly one of --reference-mask / --reference-points"):
-        cli.main(base + ["--out", str(tmp_path / "c"), "--reference", str(inputs / "ref.png")])
+    message = _cli_error(capsys, base + ["--out", str(tmp_path / "c"), "--reference", str(inputs / "ref.png")])
+    assert "exactly one of --reference-mask / --reference-points" in message
