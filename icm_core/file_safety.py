@@ -12,7 +12,9 @@ from __future__ import annotations
 import logging
 import os
 import re
+import struct
 import tempfile
+import zlib
 from collections.abc import Iterable, Iterator
 from contextlib import contextmanager
 from pathlib import Path
@@ -24,7 +26,7 @@ logger = logging.getLogger(__name__)
 
 PARTIAL_MARKER = ".icm-partial"
 _PARTIAL_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.icm-partial(\.[A-Za-z0-9]+)?$")
-_PNG_END = b"\x00\x00\x00\x00IEND\xaeB`\x82"
+PNG_SIGNATURE = b"\x89PNG\r\n\x1a\n"
 
 
 class UnsafeOutputError(ValueError):
@@ -141,15 +143,32 @@ def write_png_atomic(array: np.ndarray, target: Path) -> Path:
     return target
 
 
-def png_is_complete(path: Path, size: tuple[int, int], mode: str) -> bool:
-    """True when ``path`` is a whole PNG (ends with IEND, decodes fully) of ``size`` (H, W) in ``mode``."""
-    try:
-        if path.stat().st_size < len(_PNG_END) + 8:
+def png_chunks_intact(data: bytes) -> bool:
+    """True when ``data`` is the PNG signature followed by whole chunks with valid CRCs, ending at IEND exactly."""
+    if not data.startswith(PNG_SIGNATURE):
+        return False
+    position = len(PNG_SIGNATURE)
+    while position + 12 <= len(data):
+        (length,) = struct.unpack(">I", data[position : position + 4])
+        end = position + 12 + length
+        if end > len(data):
             return False
-        with path.open("rb") as stream:
-            stream.seek(-len(_PNG_END), os.SEEK_END)
-            if stream.read() != _PNG_END:
-                return False
+        kind = data[position + 4 : position + 8]
+        (crc,) = struct.unpack(">I", data[end - 4 : end])
+        if zlib.crc32(data[position + 4 : end - 4]) != crc:
+            return False
+        if kind == b"IEND":
+            return end == len(data)
+        position = end
+    return False
+
+
+def png_is_complete(path: Path, size: tuple[int, int], mode: str) -> bool:
+    """True when ``path`` is a whole PNG (every chunk intact up to IEND, pixels decode) of ``size`` (H, W) and
+    ``mode``; False for anything else (missing, empty, truncated, damaged, another size or mode)."""
+    try:
+        if not png_chunks_intact(path.read_bytes()):
+            return False
         with Image.open(path, formats=["PNG"]) as image:
             if image.size != (size[1], size[0]) or image.mode != mode:
                 return False

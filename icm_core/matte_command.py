@@ -30,6 +30,7 @@ from .matte_job import (
     check_output_folder,
     collect_targets,
     existing_outputs,
+    output_folder,
     run_job,
 )
 from .outputs import OUTPUT_KINDS, parse_colour
@@ -274,12 +275,13 @@ def _save_context(context: ReferenceContext, target: Path, overwrite: bool) -> N
 
 def run_matte_command(args: argparse.Namespace) -> int:
     plan = plan_matte(args)
-    engine = _engine(args)
-    context = _reference_context(engine, plan, args)
-    if args.save_context is not None:
-        _save_context(context, args.save_context, args.overwrite)
-    with tqdm(total=len(plan.targets), unit="image", desc="matting", dynamic_ncols=True) as bar:
-        report = run_job(engine, context, plan.targets, args.out, plan.settings, progress=bar.update)
+    with output_folder(args.out):  # locked before any model loads: a second run on OUT is refused at once
+        engine = _engine(args)
+        context = _reference_context(engine, plan, args)
+        if args.save_context is not None:
+            _save_context(context, args.save_context, args.overwrite)
+        with tqdm(total=len(plan.targets), unit="image", desc="matting", dynamic_ncols=True) as bar:
+            report = run_job(engine, context, plan.targets, args.out, plan.settings, progress=bar.update, lock=False)
     print(f"wrote {len(report.written)}, skipped {len(report.skipped)} (already done), failed {len(report.failed)}")
     if report.removed_partials:
         print(f"removed {len(report.removed_partials)} partial file(s) left by an interrupted run", file=sys.stderr)

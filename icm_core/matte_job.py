@@ -15,6 +15,7 @@ no input may lie inside ``OUT``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import unicodedata
@@ -169,6 +170,20 @@ def check_output_folder(out_dir: Path, inputs: Sequence[Path]) -> None:
             )
 
 
+@contextlib.contextmanager
+def output_folder(out_dir: Path) -> Iterator[None]:
+    """Create ``out_dir`` if needed and hold its lock; if it was created here and is still empty at the end (the
+    run stopped before writing anything), remove it again."""
+    created = not out_dir.exists()
+    out_dir.mkdir(parents=True, exist_ok=True)
+    try:
+        with folder_lock(out_dir):
+            yield
+    finally:
+        if created and not any(out_dir.iterdir()):
+            out_dir.rmdir()
+
+
 def output_paths(out_dir: Path, target: Target, kinds: Sequence[str]) -> dict[str, Path]:
     return {kind: out_dir / kind / target.relative for kind in kinds}
 
@@ -207,15 +222,17 @@ def run_job(
     out_dir: Path,
     settings: JobSettings,
     progress: Callable[[int], None] | None = None,
+    lock: bool = True,
 ) -> JobReport:
     """Matte every target and write the requested outputs; failures are collected, not raised.
 
-    Holds a lock on ``out_dir`` for the whole job (a second job on the same folder is refused), removes the
-    partial files an interrupted job left under ``out_dir/<kind>/``, and with ``settings.resume`` skips targets
-    whose outputs are all complete (see :func:`is_done`).
+    Holds a lock on ``out_dir`` for the whole job (a second job on the same folder is refused; ``lock=False``
+    when the caller already holds it, see :func:`output_folder`), removes the partial files an interrupted job
+    left under ``out_dir/<kind>/``, and with ``settings.resume`` skips targets whose outputs are all complete
+    (see :func:`is_done`).
     """
     out_dir.mkdir(parents=True, exist_ok=True)
-    with folder_lock(out_dir):
+    with folder_lock(out_dir) if lock else contextlib.nullcontext():
         report = JobReport()
         for kind in settings.kinds:
             report.removed_partials += remove_stale_partials(out_dir / kind)

@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from icm_core import cli
 from icm_core.config import ExtractionConfig
 from icm_core.demo import SAMPLES_DIR, TARGET_NAMES
 from icm_core.image_io import read_image, read_mask, to_uint8
 from icm_core.loader import MODELS_DIR_VARIABLE, load_engine
-from icm_core.tiny import TINY_UNET_CONFIG, TINY_VAE_CONFIG, build_tiny_decoder
-from icm_core.weights.decoder import OFFICIAL_DECODER_FILE, save_decoder
+from icm_core.weights.decoder import OFFICIAL_DECODER_FILE
+
+from tests.tiny_files import write_tiny_weights
 
 TARGET_SIZES = {"t_wide.png": (100, 70), "t_tall.png": (64, 130)}  # PIL (width, height), non-square
 
@@ -83,30 +81,7 @@ def test_demo_without_weights_writes_alphas_and_warns(tmp_path, monkeypatch, cap
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny diffusers SD folder (as ``save_pretrained`` writes it) and a tiny 128-px decoder file."""
-    root = tmp_path_factory.mktemp("weights")
-    sd = root / "stable-diffusion-tiny"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        UNet2DConditionModel.from_config(TINY_UNET_CONFIG).save_pretrained(sd / "unet")
-        AutoencoderKL.from_config(TINY_VAE_CONFIG).save_pretrained(sd / "vae")
-        text_config = CLIPTextConfig(
-            hidden_size=TINY_UNET_CONFIG["cross_attention_dim"],
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=49408,
-            max_position_embeddings=77,
-        )
-        CLIPTextModel(text_config).save_pretrained(sd / "text_encoder")
-    (sd / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline",
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-    }))
-    decoder = root / "tiny-decoder.safetensors"
-    save_decoder(build_tiny_decoder(image_size=128), decoder)
-    return sd, decoder
+    return write_tiny_weights(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture()
