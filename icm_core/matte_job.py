@@ -234,7 +234,7 @@ def run_job(
     out_dir.mkdir(parents=True, exist_ok=True)
     with folder_lock(out_dir) if lock else contextlib.nullcontext():
         report = JobReport()
-        for kind in settings.kinds:
+        for kind in KIND_MODES:  # every output folder of ours, also of kinds this run does not write
             report.removed_partials += remove_stale_partials(out_dir / kind)
         pending = []
         for target in targets:
