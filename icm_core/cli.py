@@ -10,33 +10,47 @@ from pathlib import Path
 
 from tqdm import tqdm
 
+from . import cli_checks as checks
+from .cli_checks import CommandError, OneLineArgumentParser
 from .errors import NonFiniteError, WeightsNotFoundError
 from .image_io import ImageReadError
 from .evaluation.commands import add_evaluate_parser
-from .matte_command import DTYPES, add_matte_parser
+from .evaluation.dataset import DatasetError
+from .file_safety import UnsafeOutputError
 from .loader import MODELS_DIR_VARIABLE, default_models_dir
+from .matte_command import DTYPES, add_matte_parser
+from .matte_job import OutputCollisionError
 from .pipeline import EmptyReferenceError
 from .training.commands import add_train_parser
+from .training.state import TrainingStateError
 from .weights.checkpoint_io import CheckpointError
 from .weights.decoder import DecoderCheckpointError
 
+# User mistakes: one ``error:`` line, no traceback (``--debug`` shows it).
+USER_ERRORS: tuple[type[BaseException], ...] = (
+    CommandError, UnsafeOutputError, OutputCollisionError, WeightsNotFoundError, CheckpointError,
+    DecoderCheckpointError, EmptyReferenceError, DatasetError, TrainingStateError, NonFiniteError, ImageReadError,
+)  # fmt: skip
 
 
 def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--device", type=checks.device, default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="UNet/VAE precision (default fp32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m icm_core", description="In-Context Matting (IconMatting).")
+    parser = OneLineArgumentParser(prog="python -m icm_core", description="In-Context Matting (IconMatting).")
     parser.add_argument("-v", "--verbose", action="store_true", help="log progress details")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     commands = parser.add_subparsers(dest="command", required=True)
 
     add_matte_parser(commands)
 
     convert = commands.add_parser("convert", help="convert a decoder checkpoint to .safetensors (checked)")
     convert.add_argument("source", type=Path, help="decoder checkpoint (.pth/.ckpt/.safetensors)")
-    convert.add_argument("target", type=Path, help="output .safetensors file")
+    convert.add_argument("target", type=Path, help="new .safetensors file (written, reloaded and checked, then renamed)")
+    convert.add_argument("--overwrite", action="store_true", help="replace an existing target (never the source)")
+    convert.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
     demo = commands.add_parser("demo", help="run the shipped sample job (real weights if found, else untrained)")
     demo.add_argument("--out", type=Path, default=Path("icm_demo_output"), help="output folder")
@@ -44,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
         "--models-dir", type=Path, default=None, help=f"weights folder (default ${MODELS_DIR_VARIABLE} or ~/.cache/icm_models)"
     )
     _add_runtime_options(demo)
+    demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     add_evaluate_parser(commands)
     add_train_parser(commands)
     return parser
@@ -53,8 +68,11 @@ def _run_convert(args: argparse.Namespace) -> int:
     from .weights.decoder import convert_decoder
 
     if args.target.suffix != ".safetensors":
-        raise SystemExit(f"error: the converted file must end in .safetensors, got {args.target.name}")
-    convert_decoder(args.source, args.target)
+        raise CommandError(f"the converted file must end in .safetensors, got {args.target.name}")
+    try:
+        convert_decoder(args.source, args.target, overwrite=args.overwrite)
+    except RuntimeError as error:  # the reloaded file differs: nothing was written
+        raise CommandError(str(error)) from error
     print(f"wrote {args.target} (reloaded and checked: identical outputs)")
     return 0
 
@@ -75,13 +93,14 @@ def _run_demo(args: argparse.Namespace) -> int:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
+    """Run a command; a user mistake prints one ``error: ...`` line on stderr and exits with code 2."""
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO if args.verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
     handlers = {"convert": _run_convert, "demo": _run_demo}
-    handler = getattr(args, "handler", None) or handlers[args.command]  # evaluate/train register args.handler
+    handler = getattr(args, "handler", None) or handlers[args.command]  # matte/evaluate/train register args.handler
     try:
         return handler(args)
-    except (WeightsNotFoundError, CheckpointError, DecoderCheckpointError, EmptyReferenceError, NonFiniteError,
-            ImageReadError) as error:
-        # Bad or missing user files: one clear line, not a traceback.
-        raise SystemExit(f"error: {error}") from error
+    except USER_ERRORS as error:
+        if args.debug:
+            raise
+        checks.fail(str(error))

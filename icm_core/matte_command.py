@@ -1,33 +1,54 @@
-"""``python -m icm_core matte``: one reference (mask, points or a saved context) -> files and folders of targets."""
+"""``python -m icm_core matte``: one reference (mask, points or a saved context) -> files and folders of targets.
+
+Every option and every file it names is checked by :func:`plan_matte` before a model is loaded; a mistake is one
+``error:`` line (see :mod:`icm_core.cli_checks`).
+"""
 
 from __future__ import annotations
 
 import argparse
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 from tqdm import tqdm
 
+from . import cli_checks as checks
+from .cli_checks import CommandError
 from .config import ExtractionConfig
-from .context_io import load_context, save_context
+from .context_io import FORMAT_TAG, describe_context, load_context, save_context
+from .file_safety import check_new_file, is_within, publish, staged
+from .fit import placement
 from .image_io import DEFAULT_MAX_IMAGE_PIXELS, read_image, read_mask, set_max_image_pixels
+from .images import to_mask, to_rgb
 from .loader import load_engine
-from .matte_job import JobSettings, check_output_folder, collect_targets, run_job
+from .matte_job import (
+    IMAGE_READ_ERRORS,
+    JobSettings,
+    Target,
+    check_output_folder,
+    collect_targets,
+    existing_outputs,
+    output_folder,
+    run_job,
+)
 from .outputs import OUTPUT_KINDS, parse_colour
 from .pipeline import IconMatting, ReferenceContext, RefinementConfig
-from .prompts import ExpansionConfig, parse_points
+from .prompts import ExpansionConfig, Point, parse_points, point_cells
 from .weights.decoder import load_decoder
 
 DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 KIND_ALIASES = {"fg": "foreground"}
+NOMINAL_GRID = 48  # token grid used to check points against a crop before the model (and its size) is known
 
 
 def add_matte_parser(commands: argparse._SubParsersAction) -> None:
     matte = commands.add_parser(
         "matte",
         help="matte images/folders from one annotated reference",
-        description="Outputs go to OUT/<kind>/<path relative to its input folder>.png, written atomically.",
+        description="Outputs go to OUT/<kind>/<path relative to its input folder> (+ .png unless it ends in .png), "
+        "written atomically.",
     )
     matte.add_argument("targets", nargs="+", type=Path, help="target image files and/or folders (recursive)")
     matte.add_argument("--sd", required=True, type=Path, help="SD 2.1: diffusers folder or single .safetensors/.ckpt")
@@ -38,82 +59,177 @@ def add_matte_parser(commands: argparse._SubParsersAction) -> None:
     prompt.add_argument("--reference-mask", type=Path, help="RoI mask of the reference (white = the thing)")
     prompt.add_argument("--reference-points", help='clicks on the thing: JSON [{"x": .., "y": ..}, ...] in pixels')
     prompt.add_argument("--negative-points", default="", help="clicks on what is not the thing (same JSON)")
-    prompt.add_argument("--top-m", type=int, default=ExpansionConfig().top_m, help="cells added per click")
-    prompt.add_argument("--min-coverage", type=float, default=1.0, help="mask cell coverage needed (1.0 = official)")
+    prompt.add_argument("--top-m", type=checks.int_range(0), default=ExpansionConfig().top_m, help="cells added per click")
+    prompt.add_argument("--min-coverage", type=checks.unit_fraction, default=1.0,
+                        help="mask cell coverage needed, in (0, 1] (1.0 = official)")
     prompt.add_argument("--context", type=Path, help="a saved reference context (.safetensors) instead of a reference")
-    prompt.add_argument("--save-context", type=Path, help="also save the reference context to this .safetensors file")
+    prompt.add_argument("--save-context", type=Path, help="also save the reference context to this new .safetensors file")
     output = matte.add_argument_group("outputs")
     output.add_argument("--save", default="alpha", help=f"comma list of {', '.join(OUTPUT_KINDS)} (fg = foreground)")
-    output.add_argument("--max-image-pixels", type=int, default=None,
+    output.add_argument("--max-image-pixels", type=checks.int_range(1), default=None,
                         help=f"largest image read, in pixels (default {DEFAULT_MAX_IMAGE_PIXELS:,} or $ICM_MAX_IMAGE_PIXELS)")
-    output.add_argument("--resume", action="store_true", help="skip targets whose outputs all exist")
+    output.add_argument("--resume", action="store_true", help="skip targets whose outputs are all complete; redo the rest")
+    output.add_argument("--overwrite", action="store_true",
+                        help="replace existing outputs (and an existing --save-context file); never an input")
     output.add_argument("--fit", choices=("stretch", "pad", "crop"), default="stretch", help="how images reach 768²")
     output.add_argument("--refine", action="store_true", help="full-resolution guided-filter edge refinement")
     output.add_argument("--background-color", default="#000000", help="composite background, #rrggbb or r,g,b")
     output.add_argument("--no-colour-estimation", action="store_true", help="use image colours for fg/rgba/composite")
     run = matte.add_argument_group("model")
-    run.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    run.add_argument("--ensemble", type=int, default=4, help="noisy copies per image (default 4)")
-    run.add_argument("--timestep", type=int, default=200, help="diffusion timestep (default 200)")
-    run.add_argument("--batch-size", type=int, default=4, help="targets per UNet pass (default 4)")
-    run.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    run.add_argument("--seed", type=checks.seed, default=0, help="noise seed in 0..2**64-1 (default 0)")
+    run.add_argument("--ensemble", type=checks.int_range(1), default=4, help="noisy copies per image (default 4)")
+    run.add_argument("--timestep", type=checks.int_range(0, 999), default=200, help="diffusion timestep 0..999 (default 200)")
+    run.add_argument("--batch-size", type=checks.int_range(1), default=4, help="targets per UNet pass (default 4)")
+    run.add_argument("--device", type=checks.device, default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     run.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="UNet/VAE weight precision (default fp32)")
     run.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
                      help="run VAE/UNet under autocast in this precision (attention softmax stays fp32)")
     run.add_argument("--channels-last", action="store_true", help="channels-last UNet (faster convolutions on GPUs)")
+    matte.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     matte.set_defaults(handler=run_matte_command)
+
+
+@dataclass(frozen=True)
+class MattePlan:
+    """Everything :func:`plan_matte` checked, ready for the models.
+
+    Attributes:
+        reference: ``[3, H, W]`` reference image, or None with ``context``.
+        mask: ``[H, W]`` reference mask (mask prompts), else None.
+        positive, negative: click prompts (point prompts), else empty.
+        context: a loaded saved context (not yet checked against the model), else None.
+    """
+
+    kinds: tuple[str, ...]
+    targets: tuple[Target, ...]
+    settings: JobSettings
+    reference: torch.Tensor | None
+    mask: torch.Tensor | None
+    positive: tuple[Point, ...]
+    negative: tuple[Point, ...]
+    context: ReferenceContext | None
 
 
 def _kinds(text: str) -> tuple[str, ...]:
     kinds = tuple(KIND_ALIASES.get(part.strip(), part.strip()) for part in text.split(",") if part.strip())
     unknown = [kind for kind in kinds if kind not in OUTPUT_KINDS]
     if unknown or not kinds:
-        raise SystemExit(f"error: --save takes a comma list of {', '.join(OUTPUT_KINDS)} (or fg); got {text!r}")
-    return kinds
+        raise CommandError(f"--save takes a comma list of {', '.join(OUTPUT_KINDS)} (or fg); got {text!r}")
+    return tuple(dict.fromkeys(kinds))
 
 
-def _reference_context(engine: IconMatting, args: argparse.Namespace) -> ReferenceContext:
-    if args.context is not None:
-        context = load_context(args.context)
-        engine.check_context(context)
-        return context
-    if args.reference is None or (args.reference_mask is None) == (args.reference_points is None):
-        raise SystemExit("error: give --reference with exactly one of --reference-mask / --reference-points, or --context")
-    image = read_image(args.reference)
-    if args.reference_mask is not None:
-        return engine.encode_reference(image, read_mask(args.reference_mask), args.seed, args.min_coverage, args.fit)
-    expansion = engine.expand_prompt(
-        image,
-        positive=parse_points(args.reference_points, "--reference-points"),
-        negative=parse_points(args.negative_points, "--negative-points"),
-        config=ExpansionConfig(top_m=args.top_m),
-        seed=args.seed,
-        fit=args.fit,
-    )
-    return engine.encode_reference_tokens(image, [expansion.token_mask], args.seed, "points", args.fit)
-
-
-def run_matte_command(args: argparse.Namespace) -> int:
-    kinds = _kinds(args.save)
-    if args.max_image_pixels is not None:
-        if args.max_image_pixels < 1:
-            raise SystemExit(f"error: --max-image-pixels must be a positive number of pixels, got {args.max_image_pixels}")
-        set_max_image_pixels(args.max_image_pixels)
-    inputs = [*args.targets, *(p for p in (args.reference, args.reference_mask) if p is not None)]
+def _value(parse, text: str, option: str):  # noqa: ANN001, ANN202 - a parser of one option value
     try:
-        check_output_folder(args.out, inputs)
-        targets = collect_targets(args.targets)
-    except (ValueError, FileNotFoundError) as error:
-        raise SystemExit(f"error: {error}") from error
-    decoder = load_decoder(args.decoder)  # first: its image size fixes the extraction size (768 for the release)
-    extraction = ExtractionConfig(timestep=args.timestep, ensemble_size=args.ensemble, image_size=decoder.config.image_size)
-    engine = load_engine(
-        args.sd, decoder, device=args.device, dtype=DTYPES[args.dtype], extraction=extraction,
-        autocast_dtype=DTYPES[args.autocast] if args.autocast else None, channels_last=args.channels_last,
-    )
-    context = _reference_context(engine, args)
+        return parse(text)
+    except ValueError as error:
+        raise CommandError(f"{option}: {error}" if option else str(error)) from error
+
+
+def _read_reference(path: Path, option: str) -> torch.Tensor:
+    if not path.is_file():
+        raise CommandError(f"{option} {path} does not exist or is not a file; expected an image file.")
+    try:
+        return to_rgb(read_image(path), f"{option} {path}")
+    except IMAGE_READ_ERRORS as error:
+        raise CommandError(f"{option} {path} cannot be used: {error or type(error).__name__}") from error
+
+
+def _read_mask(path: Path, size: tuple[int, int]) -> torch.Tensor:
+    if not path.is_file():
+        raise CommandError(f"--reference-mask {path} does not exist or is not a file; expected an image file.")
+    try:
+        return to_mask(read_mask(path), size, f"--reference-mask {path}")
+    except IMAGE_READ_ERRORS as error:
+        raise CommandError(f"--reference-mask {path} cannot be used: {error or type(error).__name__}") from error
+
+
+def _read_context(path: Path) -> ReferenceContext:
+    try:
+        metadata = describe_context(path)
+        absent = [key for key in ("format", "version", "fingerprint") if not metadata.get(key)]
+        if metadata.get("format") == FORMAT_TAG and absent:
+            raise CommandError(
+                f"--context {path}: the saved context lacks its {', '.join(absent)} metadata (damaged or edited); "
+                "save the context again with --save-context."
+            )
+        return load_context(path)
+    except ValueError as error:  # CheckpointError too: unreadable, truncated, wrong format or version
+        raise CommandError(f"--context {path}: {error}") from error
+
+
+def _check_points(points: tuple[Point, ...], image: torch.Tensor, fit: str, option: str) -> None:
+    height, width = image.shape[1:]
+    where = placement(height, width, NOMINAL_GRID * 16, fit)
+    try:
+        point_cells(points, (height, width), NOMINAL_GRID, option, where.cell_rows(NOMINAL_GRID),
+                    where.cell_cols(NOMINAL_GRID))
+    except ValueError as error:
+        raise CommandError(str(error)) from error
+
+
+def _prompt(args: argparse.Namespace) -> tuple:
+    """(reference, mask, positive, negative, context) from the reference options; every file read and checked."""
+    if args.context is not None:
+        if args.reference is not None or args.reference_mask is not None or args.reference_points is not None:
+            raise CommandError("give either --context or --reference with a mask or points, not both.")
+        return None, None, (), (), _read_context(args.context)
+    if args.reference is None or (args.reference_mask is None) == (args.reference_points is None):
+        raise CommandError("give --reference with exactly one of --reference-mask / --reference-points, or --context")
+    positive = _value(lambda text: parse_points(text, "--reference-points"), args.reference_points or "", "")
+    negative = _value(lambda text: parse_points(text, "--negative-points"), args.negative_points, "")
+    if args.reference_points is not None and not positive:
+        raise CommandError('--reference-points holds no point; expected e.g. [{"x": 120, "y": 88}].')
+    reference = _read_reference(args.reference, "--reference")
+    if args.reference_mask is not None:
+        return reference, _read_mask(args.reference_mask, tuple(reference.shape[1:])), (), (), None
+    _check_points(positive, reference, args.fit, "--reference-points point")
+    _check_points(negative, reference, args.fit, "--negative-points point")
+    return reference, None, positive, negative, None
+
+
+def _check_files(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[Target, ...]:
+    """Output safety: no input inside OUT, OUT inside no input folder, no collision, nothing replaced unasked."""
+    content = [*args.targets, *(p for p in (args.reference, args.reference_mask) if p is not None)]
+    weights = [p for p in (args.sd, args.decoder, args.context) if p is not None]
+    check_output_folder(args.out, content)
+    for item in weights:
+        if is_within(item, args.out) or (item.is_dir() and is_within(args.out, item)):
+            raise CommandError(
+                f"{item} (an input of this run) and the output folder {args.out} overlap; choose an output folder "
+                "that holds none of the inputs and lies inside none."
+            )
+    targets = tuple(collect_targets(args.targets))
+    if not targets:
+        raise CommandError(f"no image found in {', '.join(map(str, args.targets))} (looked for .png/.jpg/... files).")
+    existing = existing_outputs(args.out, targets, kinds)
+    if existing and not (args.resume or args.overwrite):
+        shown = ", ".join(map(str, existing[:3])) + (", ..." if len(existing) > 3 else "")
+        raise CommandError(
+            f"{len(existing)} output file(s) already exist ({shown}); pass --resume to keep the complete ones and "
+            "redo the rest, or --overwrite to replace them, or choose another --out."
+        )
     if args.save_context is not None:
-        save_context(context, args.save_context)
+        if args.save_context.suffix != ".safetensors":
+            raise CommandError(f"--save-context must name a .safetensors file, got {args.save_context.name}")
+        check_new_file(args.save_context, [*content, *weights], args.overwrite, "--save-context")
+    return targets
+
+
+def plan_matte(args: argparse.Namespace) -> MattePlan:
+    """Check every option and every file named, read the reference, find the targets; loads no model.
+
+    Raises:
+        CommandError, UnsafeOutputError, OutputCollisionError: a user mistake, with how to fix it.
+    """
+    kinds = _kinds(args.save)
+    background = _value(parse_colour, args.background_color, "--background-color")
+    if args.max_image_pixels is not None:
+        set_max_image_pixels(args.max_image_pixels)
+    reference, mask, positive, negative, context = _prompt(args)
+    try:
+        targets = _check_files(args, kinds)
+    except FileNotFoundError as error:
+        raise CommandError(str(error)) from error
     settings = JobSettings(
         kinds=kinds,
         resume=args.resume,
@@ -121,12 +237,58 @@ def run_matte_command(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         fit=args.fit,
         refinement=RefinementConfig() if args.refine else None,
-        background=parse_colour(args.background_color),
+        background=background,
         estimate_colours=not args.no_colour_estimation,
     )
-    with tqdm(total=len(targets), unit="image", desc="matting", dynamic_ncols=True) as bar:
-        report = run_job(engine, context, targets, args.out, settings, progress=bar.update)
+    return MattePlan(kinds, targets, settings, reference, mask, positive, negative, context)
+
+
+def _engine(args: argparse.Namespace) -> IconMatting:
+    try:
+        decoder = load_decoder(args.decoder)  # first: its image size fixes the extraction size (768 for the release)
+        extraction = ExtractionConfig(args.timestep, args.ensemble, decoder.config.image_size)
+        return load_engine(
+            args.sd, decoder, device=args.device, dtype=DTYPES[args.dtype], extraction=extraction,
+            autocast_dtype=DTYPES[args.autocast] if args.autocast else None, channels_last=args.channels_last,
+        )
+    except (ValueError, FileNotFoundError) as error:  # weights missing, damaged or of another model
+        raise CommandError(str(error)) from error
+
+
+def _reference_context(engine: IconMatting, plan: MattePlan, args: argparse.Namespace) -> ReferenceContext:
+    try:
+        if plan.context is not None:
+            engine.check_context(plan.context)
+            return plan.context
+        if plan.mask is not None:
+            return engine.encode_reference(plan.reference, plan.mask, args.seed, args.min_coverage, args.fit)
+        expansion = engine.expand_prompt(
+            plan.reference, positive=plan.positive, negative=plan.negative,
+            config=ExpansionConfig(top_m=args.top_m), seed=args.seed, fit=args.fit,
+        )
+        return engine.encode_reference_tokens(plan.reference, [expansion.token_mask], args.seed, "points", args.fit)
+    except ValueError as error:  # empty RoI, a context of another model, a point outside the crop
+        raise CommandError(f"{args.context or args.reference}: {error}") from error
+
+
+def _save_context(context: ReferenceContext, target: Path, overwrite: bool) -> None:
+    with staged(target) as temp:
+        save_context(context, temp)
+        publish(temp, target, overwrite)
+
+
+def run_matte_command(args: argparse.Namespace) -> int:
+    plan = plan_matte(args)
+    with output_folder(args.out):  # locked before any model loads: a second run on OUT is refused at once
+        engine = _engine(args)
+        context = _reference_context(engine, plan, args)
+        if args.save_context is not None:
+            _save_context(context, args.save_context, args.overwrite)
+        with tqdm(total=len(plan.targets), unit="image", desc="matting", dynamic_ncols=True) as bar:
+            report = run_job(engine, context, plan.targets, args.out, plan.settings, progress=bar.update, lock=False)
     print(f"wrote {len(report.written)}, skipped {len(report.skipped)} (already done), failed {len(report.failed)}")
+    if report.removed_partials:
+        print(f"removed {len(report.removed_partials)} partial file(s) left by an interrupted run", file=sys.stderr)
     for path, reason in report.failed:
-        print(f"  failed: {path}: {reason}", file=sys.stderr)
+        print(f"  failed: {path}: {checks.one_line(reason)}", file=sys.stderr)
     return 1 if report.failed else 0

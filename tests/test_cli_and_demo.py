@@ -2,23 +2,21 @@
 
 from __future__ import annotations
 
-import json
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
-from diffusers import AutoencoderKL, UNet2DConditionModel
 from PIL import Image
-from transformers import CLIPTextConfig, CLIPTextModel
 
 from icm_core import cli
 from icm_core.config import ExtractionConfig
 from icm_core.demo import SAMPLES_DIR, TARGET_NAMES
 from icm_core.image_io import read_image, read_mask, to_uint8
 from icm_core.loader import MODELS_DIR_VARIABLE, load_engine
-from icm_core.tiny import TINY_UNET_CONFIG, TINY_VAE_CONFIG, build_tiny_decoder
-from icm_core.weights.decoder import OFFICIAL_DECODER_FILE, save_decoder
+from icm_core.weights.decoder import OFFICIAL_DECODER_FILE
+
+from tests.tiny_files import write_tiny_weights
 
 TARGET_SIZES = {"t_wide.png": (100, 70), "t_tall.png": (64, 130)}  # PIL (width, height), non-square
 
@@ -36,6 +34,17 @@ def one_thread():
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
+
+
+def _cli_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
+    """Run the CLI expecting a user error: exit code 2 and exactly one ``error:`` line on stderr (returned)."""
+    capsys.readouterr()
+    with pytest.raises(SystemExit) as stopped:
+        cli.main(args)
+    assert stopped.value.code == 2
+    lines = capsys.readouterr().err.splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), lines
+    return lines[0]
 
 
 def _listing(folder: Path) -> dict[str, bytes]:
@@ -72,30 +81,7 @@ def test_demo_without_weights_writes_alphas_and_warns(tmp_path, monkeypatch, cap
 @pytest.fixture(scope="module")
 def tiny_weights(tmp_path_factory) -> tuple[Path, Path]:
     """A tiny diffusers SD folder (as ``save_pretrained`` writes it) and a tiny 128-px decoder file."""
-    root = tmp_path_factory.mktemp("weights")
-    sd = root / "stable-diffusion-tiny"
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(0)
-        UNet2DConditionModel.from_config(TINY_UNET_CONFIG).save_pretrained(sd / "unet")
-        AutoencoderKL.from_config(TINY_VAE_CONFIG).save_pretrained(sd / "vae")
-        text_config = CLIPTextConfig(
-            hidden_size=TINY_UNET_CONFIG["cross_attention_dim"],
-            intermediate_size=64,
-            num_attention_heads=4,
-            num_hidden_layers=2,
-            vocab_size=49408,
-            max_position_embeddings=77,
-        )
-        CLIPTextModel(text_config).save_pretrained(sd / "text_encoder")
-    (sd / "model_index.json").write_text(json.dumps({
-        "_class_name": "StableDiffusionPipeline",
-        "unet": ["diffusers", "UNet2DConditionModel"],
-        "vae": ["diffusers", "AutoencoderKL"],
-        "text_encoder": ["transformers", "CLIPTextModel"],
-    }))
-    decoder = root / "tiny-decoder.safetensors"
-    save_decoder(build_tiny_decoder(image_size=128), decoder)
-    return sd, decoder
+    return write_tiny_weights(tmp_path_factory.mktemp("weights"))
 
 
 @pytest.fixture()
@@ -143,38 +129,32 @@ def test_matte_writes_one_alpha_per_target_at_its_size(tiny_weights, inputs, tmp
         np.testing.assert_array_equal(written[name], to_uint8(alpha))
 
 
-def test_matte_refuses_output_into_an_input_folder(tiny_weights, inputs):
+def test_matte_refuses_output_into_an_input_folder(tiny_weights, inputs, capsys):
     sd, decoder = tiny_weights
     before = _listing(inputs)
-    with pytest.raises(SystemExit) as error:
-        cli.main(_matte_args(sd, decoder, inputs, inputs, [inputs / name for name in TARGET_SIZES]))
-    assert "input folder" in str(error.value.code)
+    message = _cli_error(capsys, _matte_args(sd, decoder, inputs, inputs, [inputs / name for name in TARGET_SIZES]))
+    assert "input folder" in message
     assert _listing(inputs) == before
 
 
-def test_matte_missing_target_is_a_clear_error(tiny_weights, inputs, tmp_path):
+def test_matte_missing_target_is_a_clear_error(tiny_weights, inputs, tmp_path, capsys):
     sd, decoder = tiny_weights
     missing = inputs / "no_such_target.png"
     out = tmp_path / "alphas"
-    with pytest.raises(SystemExit) as error:
-        cli.main(_matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png", missing]))
-    message = str(error.value.code)
+    message = _cli_error(capsys, _matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png", missing]))
     assert message.startswith("error:") and "does not exist" in message and str(missing) in message
     assert not out.exists()
 
 
 @pytest.mark.parametrize("what", ["decoder", "sd"])
-def test_matte_missing_weights_is_a_clear_error(what, tiny_weights, inputs, tmp_path):
+def test_matte_missing_weights_is_a_clear_error(what, tiny_weights, inputs, tmp_path, capsys):
     sd, decoder = tiny_weights
     if what == "decoder":
         decoder = tmp_path / OFFICIAL_DECODER_FILE
     else:
         sd = tmp_path / "stable-diffusion-2-1"
     out = tmp_path / "alphas"
-    with pytest.raises(SystemExit) as error:
-        cli.main(_matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png"]))
-    message = str(error.value.code)
-    assert message.startswith("error:")
+    message = _cli_error(capsys, _matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png"]))
     assert (OFFICIAL_DECODER_FILE if what == "decoder" else "stable-diffusion-2-1") in message
     assert not out.exists()
 
@@ -207,7 +187,7 @@ def test_matte_folders_resume_and_broken_inputs(tiny_weights, inputs, tmp_path, 
     assert "broken.png" in captured.err and "tiny.png" in captured.err and "expected both sides >= 64" in captured.err
     for kind in ("alpha", "rgba", "foreground", "composite"):
         names = sorted(str(p.relative_to(out / kind)) for p in (out / kind).rglob("*.png"))
-        assert names == ["shot_a/0001.png", "shot_a/0002.png", "shot_b/deep/0001.png"], kind
+        assert names == ["shot_a/0001.png", "shot_a/0002.jpg.png", "shot_b/deep/0001.png"], kind
     with Image.open(out / "rgba" / "shot_a" / "0001.png") as rgba:
         assert rgba.mode == "RGBA" and rgba.size == (96, 80)
     assert _tree(frames) == before  # the input tree is untouched
@@ -218,12 +198,13 @@ def test_matte_folders_resume_and_broken_inputs(tiny_weights, inputs, tmp_path, 
     assert "wrote 0, skipped 3 (already done), failed 2" in capsys.readouterr().out
     assert _tree(out) == written  # finished outputs were not rewritten
 
-    (out / "composite" / "shot_a" / "0002.png").unlink()
+    (out / "composite" / "shot_a" / "0002.jpg.png").unlink()
     assert cli.main(args + ["--resume"]) == 1
     assert "wrote 1, skipped 2" in capsys.readouterr().out
 
-    with pytest.raises(SystemExit, match="inside the input folder"):
-        cli.main(_matte_args(sd, decoder, inputs, frames / "shot_a" / "out", [frames]))
+    assert "inside the input folder" in _cli_error(
+        capsys, _matte_args(sd, decoder, inputs, frames / "shot_a" / "out", [frames])
+    )
 
 
 def test_matte_from_points_and_a_saved_context(tiny_weights, inputs, tmp_path, capsys):
@@ -239,5 +220,5 @@ def test_matte_from_points_and_a_saved_context(tiny_weights, inputs, tmp_path, c
     first = np.asarray(Image.open(tmp_path / "a" / "alpha" / "t_wide.png"))
     second = np.asarray(Image.open(tmp_path / "b" / "alpha" / "t_wide.png"))
     np.testing.assert_array_equal(first, second)
-    with pytest.raises(SystemExit, match="exactly one of --reference-mask / --reference-points"):
-        cli.main(base + ["--out", str(tmp_path / "c"), "--reference", str(inputs / "ref.png")])
+    message = _cli_error(capsys, base + ["--out", str(tmp_path / "c"), "--reference", str(inputs / "ref.png")])
+    assert "exactly one of --reference-mask / --reference-points" in message

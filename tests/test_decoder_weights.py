@@ -353,18 +353,20 @@ def test_convert_via_python_dash_m(tiny_lightning, tiny_state, tmp_path):
     _check_converted(target, tiny_lightning, tiny_state)
 
 
-def test_convert_refuses_non_safetensors_target(tiny_lightning, tmp_path):
+def test_convert_refuses_non_safetensors_target(tiny_lightning, tmp_path, capsys):
     target = tmp_path / "decoder.pth"
     with pytest.raises(SystemExit) as error:
         cli.main(["convert", str(tiny_lightning), str(target)])
-    assert ".safetensors" in str(error.value.code) and "decoder.pth" in str(error.value.code)
+    message = capsys.readouterr().err  # a user error: one "error:" line on stderr, exit code 2
+    assert error.value.code == 2 and message.startswith("error:")
+    assert ".safetensors" in message and "decoder.pth" in message
     with pytest.raises(ValueError, match=r"\.safetensors"):
         convert_decoder(tiny_lightning, target)
     assert not target.exists()
 
 
-def test_convert_missing_source_is_a_clear_cli_error(tmp_path):
+def test_convert_missing_source_is_a_clear_cli_error(tmp_path, capsys):
     with pytest.raises(SystemExit) as error:
         cli.main(["convert", str(tmp_path / OFFICIAL_DECODER_FILE), str(tmp_path / "out.safetensors")])
-    assert OFFICIAL_DECODER_FILE in str(error.value.code)
+    assert error.value.code == 2 and OFFICIAL_DECODER_FILE in capsys.readouterr().err
     assert not (tmp_path / "out.safetensors").exists()

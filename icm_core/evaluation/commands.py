@@ -14,11 +14,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
+from .. import cli_checks as checks
+from ..cli_checks import CommandError
 from ..config import ExtractionConfig
 from ..modeling.decoder import InContextDecoder
 from ..pipeline import IconMatting
-from .dataset import DatasetError
-from .evaluate import EvaluationProtocol, evaluate_dataset
+from .evaluate import EvaluationProtocol, evaluate_dataset, plan_evaluation
 
 logger = logging.getLogger(__name__)
 
@@ -34,20 +35,44 @@ def add_engine_options(parser: argparse.ArgumentParser, decoder_help: str) -> No
     """Options that say which weights to load and where to run them."""
     parser.add_argument("--sd", type=Path, default=None, help="SD 2.1: diffusers folder or single .safetensors/.ckpt")
     parser.add_argument("--decoder", type=Path, default=None, help=decoder_help)
-    parser.add_argument("--device", default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    parser.add_argument("--device", type=checks.device, default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="UNet/VAE precision (default fp32)")
-    parser.add_argument("--ensemble", type=int, default=None, help="noisy copies per image (default 4; 2 with --tiny)")
-    parser.add_argument("--timestep", type=int, default=200, help="diffusion timestep (default 200)")
+    parser.add_argument(
+        "--ensemble", type=checks.int_range(1), default=None, help="noisy copies per image (default 4; 2 with --tiny)"
+    )
+    parser.add_argument("--timestep", type=checks.int_range(0, 999), default=200, help="diffusion timestep (default 200)")
+    parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     testing = parser.add_argument_group("testing")
     testing.add_argument("--tiny", action="store_true", help=TINY_HELP)
+
+
+def check_engine_options(args: argparse.Namespace, decoder_required: bool = True) -> None:
+    """The weight options a run needs are there (checked before anything is loaded).
+
+    Raises:
+        CommandError: --sd (or a required --decoder) is missing.
+    """
+    if args.tiny:
+        return
+    if args.sd is None:
+        raise CommandError("--sd is required (SD 2.1 diffusers folder or single checkpoint file).")
+    if decoder_required and args.decoder is None:
+        raise CommandError("--decoder is required (IconMatting decoder .pth/.ckpt/.safetensors).")
 
 
 def build_engine(args: argparse.Namespace, decoder: InContextDecoder | None = None) -> IconMatting:
     """The engine the options describe; ``decoder`` (already built) wins over ``--decoder``.
 
     Raises:
-        SystemExit: a needed option is missing.
+        CommandError: a needed option is missing, or the weights cannot be loaded.
     """
+    try:
+        return _build_engine(args, decoder)
+    except (ValueError, FileNotFoundError) as error:  # weights missing, damaged or of another model
+        raise CommandError(str(error)) from error
+
+
+def _build_engine(args: argparse.Namespace, decoder: InContextDecoder | None) -> IconMatting:
     from ..loader import load_engine
     from ..tiny import build_tiny_engine
     from ..weights.decoder import load_decoder
@@ -61,10 +86,7 @@ def build_engine(args: argparse.Namespace, decoder: InContextDecoder | None = No
             return engine
         extraction = ExtractionConfig(args.timestep, ensemble, decoder.config.image_size)
         return IconMatting(engine.backend, decoder, extraction)
-    if args.sd is None:
-        raise SystemExit("error: --sd is required (SD 2.1 diffusers folder or single checkpoint file).")
-    if decoder is None:
-        raise SystemExit("error: --decoder is required (IconMatting decoder .pth/.ckpt/.safetensors).")
+    check_engine_options(args, decoder_required=decoder is None)
     extraction = ExtractionConfig(args.timestep, ensemble, decoder.config.image_size)
     return load_engine(args.sd, decoder, device=args.device, dtype=DTYPES[args.dtype], extraction=extraction)
 
@@ -94,15 +116,16 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
         help='JSON {"group": "image" | ["image", ...]}; default: first image of each group by name',
     )  # fmt: skip
     parser.add_argument("--groups-file", type=Path, default=None, help="groups JSON (default: found next to the root)")
-    parser.add_argument("--seed", type=int, default=0, help="noise seed (default 0)")
-    parser.add_argument("--batch-size", type=int, default=1, help="targets per UNet pass (default 1)")
+    parser.add_argument("--seed", type=checks.seed, default=0, help="noise seed in 0..2**64-1 (default 0)")
+    parser.add_argument("--batch-size", type=checks.int_range(1), default=1, help="targets per UNet pass (default 1)")
     parser.add_argument("--save-alphas", action="store_true", help="also write alphas/<group>/<image>.png")
     parser.set_defaults(handler=run_evaluate)
     return parser
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
-    """Handler of ``evaluate``: build the engine, evaluate with a progress bar, print the overall rows."""
+    """Handler of ``evaluate``: check the dataset, build the engine, evaluate with a progress bar, print the
+    overall rows and the targets that could not be evaluated (exit code 1 if any)."""
     protocol = EvaluationProtocol(
         resolution=args.resolution,
         region=args.region,
@@ -112,6 +135,10 @@ def run_evaluate(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         save_alphas=args.save_alphas,
     )
+    check_engine_options(args)
+    plan_evaluation(args.dataset, protocol)  # dataset, groups and references: DatasetError before any model loads
+    if args.out.exists() and not args.out.is_dir():
+        raise CommandError(f"--out {args.out} is a file; expected a folder for the reports.")
     engine = build_engine(args)
     with tqdm(unit="image", desc="evaluating") as bar:
 
@@ -119,13 +146,15 @@ def run_evaluate(args: argparse.Namespace) -> int:
             bar.total = total
             bar.update(done - bar.n)
 
-        try:
-            summary = evaluate_dataset(engine, args.dataset, args.out, protocol, progress=progress)
-        except DatasetError as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        summary = evaluate_dataset(engine, args.dataset, args.out, protocol, progress=progress)
     overall = (("mean over images", summary.overall_over_images), ("mean over groups", summary.overall_over_groups))
     for label, errors in overall:
-        print(f"{label}: SAD {errors.sad:.4f}  MSE {errors.mse:.6f}  Grad {errors.grad:.4f}  Conn {errors.conn:.4f}")
+        if errors is not None:
+            print(f"{label}: SAD {errors.sad:.4f}  MSE {errors.mse:.6f}  Grad {errors.grad:.4f}  Conn {errors.conn:.4f}")
     print("wrote " + ", ".join(str(path) for path in summary.files.values()))
+    if summary.failures:
+        print(f"{len(summary.failures)} target(s) not evaluated:", file=sys.stderr)
+        for failure in summary.failures:
+            print(f"  skipped: {failure.group}/{failure.image}: {failure.reason}", file=sys.stderr)
+        return 1
     return 0

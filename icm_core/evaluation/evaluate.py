@@ -19,6 +19,10 @@ Protocol (every choice is also written into the reports):
 * **Region.** ``whole``: every pixel. ``unknown``: trimap pixels equal to 128 only; every target then needs a
   trimap (checked before any image is matted).
 * **Noise.** one seed for every reference and target (``seed``).
+* **Bad items.** A target whose files cannot be read or used (unreadable, truncated, too small, image and alpha
+  of different sizes, ...) is skipped and listed with the reason; a group whose reference cannot be used lists all
+  its targets. Every other row is still computed, ``per_image.csv`` is written row by row as the run goes (so a
+  crash keeps the finished rows), and the summaries cover the rows computed and list the failures.
 * **Timing.** ``seconds`` is the wall time of matting the image (its micro-batch's time split evenly when
   ``batch_size > 1``), excluding image reading, reference encoding (reported per group) and metrics.
 """
@@ -31,15 +35,20 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 
+from ..errors import image_read_errors
 from ..image_io import read_image, read_mask, save_image_atomic
+from ..images import to_rgb
 from ..metrics import MattingErrors, compute_all, unknown_region
 from ..pipeline import EmptyReferenceError, IconMatting, ReferenceContext
 from .dataset import DatasetError, DatasetItem, check_same_size, load_dataset, load_reference_choice, read_trimap, split_group
+
+if TYPE_CHECKING:
+    from .report import RowWriter
 
 logger = logging.getLogger(__name__)
 
@@ -47,6 +56,7 @@ Resolution = Literal["official", "original"]
 Region = Literal["whole", "unknown"]
 ProgressCallback = Callable[[int, int], None]
 METRIC_NAMES = ("sad", "mse", "grad", "conn")
+ITEM_ERRORS = image_read_errors()  # DatasetError and EmptyReferenceError are ValueErrors too
 
 
 @dataclass(frozen=True)
@@ -117,13 +127,24 @@ class GroupResult:
 
 
 @dataclass(frozen=True)
+class ItemFailure:
+    """A target that was not evaluated, and why (``image`` names the target; the reason may name its reference)."""
+
+    group: str
+    image: str
+    reason: str
+
+
+@dataclass(frozen=True)
 class EvaluationSummary:
     """Everything an evaluation produced.
 
     Attributes:
-        overall_over_images: mean of the per-image metrics over all target images (every image weighs the same).
-        overall_over_groups: mean of the per-group means (every group weighs the same).
+        overall_over_images: mean of the per-image metrics over all evaluated target images (every image weighs
+            the same); None when no target could be evaluated.
+        overall_over_groups: mean of the per-group means (every group weighs the same); None likewise.
         skipped_groups: groups left without a target once their references were taken out.
+        failures: targets skipped because their files (or their group's reference) could not be used.
         files: ``{"csv": ..., "markdown": ..., "json": ...}`` report paths.
     """
 
@@ -132,10 +153,11 @@ class EvaluationSummary:
     engine_fingerprint: str
     images: tuple[ImageResult, ...]
     groups: tuple[GroupResult, ...]
-    overall_over_images: MattingErrors
-    overall_over_groups: MattingErrors
+    overall_over_images: MattingErrors | None
+    overall_over_groups: MattingErrors | None
     skipped_groups: tuple[str, ...]
     files: dict[str, Path]
+    failures: tuple[ItemFailure, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -161,25 +183,15 @@ def center_square(tensor: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarra
     return tensor[..., top : top + side, left : left + side]
 
 
-def evaluate_dataset(
-    engine: IconMatting,
-    root: str | Path,
-    out_dir: str | Path,
-    protocol: EvaluationProtocol | None = None,
-    progress: ProgressCallback | None = None,
-) -> EvaluationSummary:
-    """Matte every target of every group and write ``per_image.csv``, ``summary.md`` and ``summary.json``.
+def plan_evaluation(
+    root: str | Path, protocol: EvaluationProtocol
+) -> tuple[list[tuple[str, tuple[DatasetItem, ...], tuple[DatasetItem, ...]]], tuple[str, ...]]:
+    """``([(group, references, targets), ...], skipped groups)``: the dataset scanned and every choice of the
+    protocol checked against it (reads no image; cheap enough to run before loading a model).
 
-    Args:
-        engine: a ready engine (its decoder in eval mode).
-        root: dataset root in the ICM-57 layout (:mod:`.dataset`).
-        out_dir: report folder (created); files are written atomically.
-        protocol: evaluation choices; defaults to ``EvaluationProtocol()``.
-        progress: called as ``progress(done, total)`` after each matted micro-batch.
+    Raises:
+        DatasetError: the dataset, its groups file or the references file cannot be used as given.
     """
-    from .report import write_reports  # report imports this module's dataclasses
-
-    protocol = protocol or EvaluationProtocol()
     dataset = load_dataset(root, protocol.groups_file)
     choice = load_reference_choice(protocol.references_file) if protocol.references_file else None
     if choice:
@@ -207,57 +219,139 @@ def evaluate_dataset(
                 f"(expected ROOT/trimap/<name>.png): {', '.join(lacking[:10])}{'...' if len(lacking) > 10 else ''}. "
                 "Add the trimaps or evaluate with region='whole'."
             )
+    return plan, skipped
+
+
+def evaluate_dataset(
+    engine: IconMatting,
+    root: str | Path,
+    out_dir: str | Path,
+    protocol: EvaluationProtocol | None = None,
+    progress: ProgressCallback | None = None,
+) -> EvaluationSummary:
+    """Matte every target of every group and write ``per_image.csv``, ``summary.md`` and ``summary.json``.
+
+    Args:
+        engine: a ready engine (its decoder in eval mode).
+        root: dataset root in the ICM-57 layout (:mod:`.dataset`).
+        out_dir: report folder (created); files are written atomically.
+        protocol: evaluation choices; defaults to ``EvaluationProtocol()``.
+        progress: called as ``progress(done, total)`` after each matted micro-batch.
+    """
+    from .report import CSV_NAME, RowWriter, write_reports  # report imports this module's dataclasses
+
+    protocol = protocol or EvaluationProtocol()
+    plan, skipped = plan_evaluation(root, protocol)
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     total = sum(len(targets) for _, _, targets in plan)
-    done = 0
     images: list[ImageResult] = []
     groups: list[GroupResult] = []
-    for name, references, targets in plan:
-        ref_names = tuple(item.name for item in references)
-        started = time.perf_counter()
-        context = _encode_group(engine, name, references, protocol)
-        reference_seconds = time.perf_counter() - started
-        group_results: list[ImageResult] = []
-        for start in range(0, len(targets), protocol.batch_size):
-            chunk = [_load_target(item, protocol) for item in targets[start : start + protocol.batch_size]]
-            started = time.perf_counter()
-            alphas = engine.matte(context, [t.image for t in chunk], seed=protocol.seed, batch_size=len(chunk))
-            seconds = (time.perf_counter() - started) / len(chunk)
-            for target, alpha in zip(chunk, alphas):
-                errors = compute_all(alpha, target.alpha, target.region)
-                group_results.append(
-                    ImageResult(name, target.item.name, ref_names, errors, seconds, tuple(alpha.shape))
-                )
-                if protocol.save_alphas:
-                    save_image_atomic(alpha, out / "alphas" / _safe_name(name) / f"{target.item.name}.png")
-            done += len(chunk)
-            if progress is not None:
-                progress(done, total)
-        images.extend(group_results)
-        groups.append(
-            GroupResult(
-                name=name,
-                references=ref_names,
-                num_images=len(group_results),
-                mean=mean_errors([r.errors for r in group_results]),
-                seconds=float(np.mean([r.seconds for r in group_results])),
-                reference_seconds=reference_seconds,
-            )
-        )
-        logger.info("group %s: %d targets, SAD %.3f", name, len(group_results), groups[-1].mean.sad)
+    failures: list[ItemFailure] = []
+    done = 0
+
+    def advance(count: int) -> None:
+        nonlocal done
+        done += count
+        if progress is not None:
+            progress(done, total)
+
+    with RowWriter(out / CSV_NAME) as rows:
+        for name, references, targets in plan:
+            group = _evaluate_group(engine, name, references, targets, protocol, out, rows, failures, advance)
+            if group is not None:
+                images.extend(group[1])
+                groups.append(group[0])
     summary = EvaluationSummary(
         protocol=protocol,
         dataset_root=Path(root),
         engine_fingerprint=engine.fingerprint,
         images=tuple(images),
         groups=tuple(groups),
-        overall_over_images=mean_errors([r.errors for r in images]),
-        overall_over_groups=mean_errors([g.mean for g in groups]),
+        overall_over_images=mean_errors([r.errors for r in images]) if images else None,
+        overall_over_groups=mean_errors([g.mean for g in groups]) if groups else None,
         skipped_groups=skipped,
         files={},
+        failures=tuple(failures),
     )
     return dataclasses.replace(summary, files=write_reports(summary, out))
+
+
+def _evaluate_group(
+    engine: IconMatting,
+    name: str,
+    references: Sequence[DatasetItem],
+    targets: Sequence[DatasetItem],
+    protocol: EvaluationProtocol,
+    out: Path,
+    rows: RowWriter,
+    failures: list[ItemFailure],
+    advance: Callable[[int], None],
+) -> tuple[GroupResult, list[ImageResult]] | None:
+    """Evaluate one group's targets; unusable items (or reference) go to ``failures``. None if nothing was done."""
+    ref_names = tuple(item.name for item in references)
+    started = time.perf_counter()
+    try:
+        context = _encode_group(engine, name, references, protocol)
+    except ITEM_ERRORS as error:
+        reason = f"reference {', '.join(ref_names)} unusable: {_reason(error)}"
+        logger.warning("group %s skipped: %s", name, reason)
+        failures += [ItemFailure(name, item.name, reason) for item in targets]
+        advance(len(targets))
+        return None
+    reference_seconds = time.perf_counter() - started
+    results: list[ImageResult] = []
+    for start in range(0, len(targets), protocol.batch_size):
+        items = targets[start : start + protocol.batch_size]
+        chunk = _load_chunk(items, name, protocol, failures)
+        if not chunk:
+            advance(len(items))
+            continue
+        started = time.perf_counter()
+        try:
+            alphas = engine.matte(context, [t.image for t in chunk], seed=protocol.seed, batch_size=len(chunk))
+        except ValueError as error:
+            failures += [ItemFailure(name, t.item.name, _reason(error)) for t in chunk]
+            advance(len(items))
+            continue
+        seconds = (time.perf_counter() - started) / len(chunk)
+        for target, alpha in zip(chunk, alphas):
+            errors = compute_all(alpha, target.alpha, target.region)
+            result = ImageResult(name, target.item.name, ref_names, errors, seconds, tuple(alpha.shape))
+            rows.write(result)
+            results.append(result)
+            if protocol.save_alphas:
+                save_image_atomic(alpha, out / "alphas" / _safe_name(name) / f"{target.item.name}.png")
+        advance(len(items))
+    if not results:
+        return None
+    group = GroupResult(
+        name=name,
+        references=ref_names,
+        num_images=len(results),
+        mean=mean_errors([r.errors for r in results]),
+        seconds=float(np.mean([r.seconds for r in results])),
+        reference_seconds=reference_seconds,
+    )
+    logger.info("group %s: %d targets, SAD %.3f", name, len(results), group.mean.sad)
+    return group, results
+
+
+def _load_chunk(
+    items: Sequence[DatasetItem], group: str, protocol: EvaluationProtocol, failures: list[ItemFailure]
+) -> list[_Target]:
+    chunk = []
+    for item in items:
+        try:
+            chunk.append(_load_target(item, protocol))
+        except ITEM_ERRORS as error:
+            logger.warning("skipping %s/%s: %s", group, item.name, _reason(error))
+            failures.append(ItemFailure(group, item.name, _reason(error)))
+    return chunk
+
+
+def _reason(error: BaseException) -> str:
+    return " ".join(str(error).split()) or type(error).__name__
 
 
 def _encode_group(
@@ -280,7 +374,7 @@ def _encode_group(
 
 
 def _load_target(item: DatasetItem, protocol: EvaluationProtocol) -> _Target:
-    image, alpha = read_image(item.image), read_mask(item.alpha)
+    image, alpha = to_rgb(read_image(item.image), f"image {item.image.name}"), read_mask(item.alpha)
     check_same_size(item, image, alpha)
     trimap = None
     if protocol.region == "unknown":

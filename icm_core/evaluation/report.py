@@ -9,6 +9,10 @@ Files written into the output folder:
   group rows; every group weighs the same).
 * ``summary.json`` -- the same numbers, machine readable.
 
+Targets that could not be evaluated are listed with the reason in both summaries (``failed`` in the JSON). While
+the run goes, ``per_image.csv`` grows by one flushed row per evaluated target, so a crash keeps the finished rows;
+at the end it is rewritten atomically with the same rows.
+
 Units: SAD, Grad and Conn are divided by 1000 (standard); MSE is the raw mean squared error of alphas in [0, 1]
 (papers often print MSE x 10^3).
 """
@@ -23,7 +27,7 @@ import tempfile
 from pathlib import Path
 
 from ..metrics import MattingErrors
-from .evaluate import METRIC_NAMES, EvaluationProtocol, EvaluationSummary
+from .evaluate import METRIC_NAMES, EvaluationProtocol, EvaluationSummary, ImageResult
 
 CSV_NAME = "per_image.csv"
 MARKDOWN_NAME = "summary.md"
@@ -93,18 +97,49 @@ def write_reports(summary: EvaluationSummary, out_dir: Path) -> dict[str, Path]:
     }
 
 
-def render_csv(summary: EvaluationSummary) -> str:
+def csv_line(row: list[object] | tuple[object, ...]) -> str:
+    """One CSV line (``\n``-terminated) of a header or a row."""
     buffer = io.StringIO()
-    writer = csv.writer(buffer, lineterminator="\n")
-    writer.writerow(CSV_COLUMNS)
-    for result in summary.images:
-        errors = result.errors
-        writer.writerow(
-            [result.group, result.image, ";".join(result.references)]
-            + [repr(getattr(errors, name)) for name in METRIC_NAMES]
-            + [f"{result.seconds:.6f}", result.metric_size[0], result.metric_size[1]]
-        )
+    csv.writer(buffer, lineterminator="\n").writerow(row)
     return buffer.getvalue()
+
+
+def csv_row(result: ImageResult) -> list[object]:
+    errors = result.errors
+    return (
+        [result.group, result.image, ";".join(result.references)]
+        + [repr(getattr(errors, name)) for name in METRIC_NAMES]
+        + [f"{result.seconds:.6f}", result.metric_size[0], result.metric_size[1]]
+    )
+
+
+def render_csv(summary: EvaluationSummary) -> str:
+    return csv_line(CSV_COLUMNS) + "".join(csv_line(csv_row(result)) for result in summary.images)
+
+
+class RowWriter:
+    """``per_image.csv`` written as the run goes: the header at once, then each row in one write, flushed and
+    synced, so a crash keeps every finished row (whole lines only)."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self._stream = None
+
+    def __enter__(self) -> "RowWriter":
+        self._stream = self.path.open("w", encoding="utf-8", newline="")
+        self._append(csv_line(CSV_COLUMNS))
+        return self
+
+    def write(self, result: ImageResult) -> None:
+        self._append(csv_line(csv_row(result)))
+
+    def _append(self, line: str) -> None:
+        self._stream.write(line)
+        self._stream.flush()
+        os.fsync(self._stream.fileno())
+
+    def __exit__(self, *exc_info: object) -> None:
+        self._stream.close()
 
 
 def render_markdown(summary: EvaluationSummary) -> str:
@@ -117,6 +152,8 @@ def render_markdown(summary: EvaluationSummary) -> str:
     lines += [f"- {key}: {value}" for key, value in protocol_description(summary.protocol).items()]
     if summary.skipped_groups:
         lines.append(f"- skipped groups (no target besides the reference): {', '.join(summary.skipped_groups)}")
+    if summary.failures:
+        lines.append(f"- **not evaluated: {len(summary.failures)} target(s)** (listed below)")
     lines += [
         "",
         "| group | references | images | SAD | MSE | Grad | Conn | s/image |",
@@ -124,19 +161,31 @@ def render_markdown(summary: EvaluationSummary) -> str:
     ]
     for group in summary.groups:
         lines.append(_row(group.name, ", ".join(group.references), group.num_images, group.mean, group.seconds))
-    seconds = sum(r.seconds for r in summary.images) / len(summary.images)
-    lines.append(_row("**overall (mean over images)**", "", len(summary.images), summary.overall_over_images, seconds))
-    group_seconds = sum(g.seconds for g in summary.groups) / len(summary.groups)
-    lines.append(
-        _row("**overall (mean over groups)**", "", len(summary.groups), summary.overall_over_groups, group_seconds)
-    )
+    if summary.overall_over_images is not None:
+        seconds = sum(r.seconds for r in summary.images) / len(summary.images)
+        lines.append(
+            _row("**overall (mean over images)**", "", len(summary.images), summary.overall_over_images, seconds)
+        )
+    if summary.overall_over_groups is not None:
+        group_seconds = sum(g.seconds for g in summary.groups) / len(summary.groups)
+        lines.append(
+            _row("**overall (mean over groups)**", "", len(summary.groups), summary.overall_over_groups, group_seconds)
+        )
     lines += [
         "",
         "Overall rows: *mean over images* averages the per-image metrics of all targets; *mean over groups* averages "
         "the group rows (its `images` column counts groups).",
         "",
     ]
+    if summary.failures:
+        lines += ["## Not evaluated", "", "| group | image | reason |", "|---|---|---|"]
+        lines += [f"| {f.group} | {f.image} | {_cell(f.reason)} |" for f in summary.failures]
+        lines.append("")
     return "\n".join(lines)
+
+
+def _cell(text: str) -> str:
+    return " ".join(text.split()).replace("|", "\\|")
 
 
 def summary_to_json(summary: EvaluationSummary) -> dict:
@@ -164,10 +213,15 @@ def summary_to_json(summary: EvaluationSummary) -> dict:
             }
             for group in summary.groups
         ],
-        "overall_mean_over_images": {"images": len(summary.images), **summary.overall_over_images.as_dict()},
-        "overall_mean_over_groups": {"groups": len(summary.groups), **summary.overall_over_groups.as_dict()},
+        "overall_mean_over_images": _overall("images", len(summary.images), summary.overall_over_images),
+        "overall_mean_over_groups": _overall("groups", len(summary.groups), summary.overall_over_groups),
         "skipped_groups": list(summary.skipped_groups),
+        "failed": [{"group": f.group, "image": f.image, "reason": f.reason} for f in summary.failures],
     }
+
+
+def _overall(label: str, count: int, errors: MattingErrors | None) -> dict | None:
+    return None if errors is None else {label: count, **errors.as_dict()}
 
 
 def _row(name: str, references: str, count: int, errors: MattingErrors, seconds: float) -> str:

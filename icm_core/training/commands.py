@@ -9,10 +9,12 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..evaluation.commands import add_engine_options, build_engine
-from ..evaluation.dataset import DatasetError
+from .. import cli_checks as checks
+from ..cli_checks import CommandError
+from ..evaluation.commands import add_engine_options, build_engine, check_engine_options
+from ..evaluation.dataset import load_dataset
 from ..modeling.decoder import InContextDecoder
-from .state import TrainingStateError
+from .state import STATE_JSON, TrainingStateError, read_state_document
 from .trainer import StepLog, TrainingConfig, train_decoder
 
 
@@ -32,12 +34,12 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "decoder to start from (.pth/.ckpt/.safetensors); if absent, training starts from a RANDOMLY "
         "initialised decoder (seeded by --seed)",
     )
-    parser.add_argument("--steps", type=int, default=10_000, help="total optimizer steps (default 10000)")
-    parser.add_argument("--batch-size", type=int, default=2, help="targets per step, sharing one reference (default 2)")
-    parser.add_argument("--lr", type=float, default=4e-4, help="AdamW learning rate (default 4e-4)")
-    parser.add_argument("--weight-decay", type=float, default=0.01, help="AdamW weight decay (default 0.01)")
-    parser.add_argument("--warmup-steps", type=int, default=250, help="linear warm-up steps (default 250)")
-    parser.add_argument("--seed", type=int, default=0, help="sampling / noise / init seed (default 0)")
+    parser.add_argument("--steps", type=checks.int_range(1), default=10_000, help="total optimizer steps (default 10000)")
+    parser.add_argument("--batch-size", type=checks.int_range(1), default=2, help="targets per step, sharing one reference (default 2)")
+    parser.add_argument("--lr", type=checks.positive_float, default=4e-4, help="AdamW learning rate (default 4e-4)")
+    parser.add_argument("--weight-decay", type=checks.non_negative_float, default=0.01, help="AdamW weight decay (default 0.01)")
+    parser.add_argument("--warmup-steps", type=checks.int_range(0), default=250, help="linear warm-up steps (default 250)")
+    parser.add_argument("--seed", type=checks.seed, default=0, help="sampling / noise / init seed, 0..2**64-1")
     parser.add_argument(
         "--fixed-crops", action="store_true",
         help="one crop and noise seed per image for the whole run (needed by --cache-dir)",
@@ -46,15 +48,15 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
         "--cache-dir", type=Path, default=None,
         help="cache frozen SD features here (safetensors); requires --fixed-crops",
     )  # fmt: skip
-    parser.add_argument("--checkpoint-every", type=int, default=1000, help="save every N steps (default 1000)")
+    parser.add_argument("--checkpoint-every", type=checks.int_range(1), default=1000, help="save every N steps (default 1000)")
     parser.add_argument("--resume", action="store_true", help="continue the run saved in --out")
     parser.add_argument("--groups-file", type=Path, default=None, help="groups JSON (default: found next to the root)")
     parser.add_argument(
-        "--segmentation-band", type=int, default=None,
+        "--segmentation-band", type=checks.int_range(0), default=None,
         help="px ignored on each side of binary-mask edges (default: image size / 64)",
     )  # fmt: skip
     parser.add_argument("--validation", type=Path, default=None, help="held-out dataset root for validation losses")
-    parser.add_argument("--validate-every", type=int, default=0, help="validate every N steps (default: never)")
+    parser.add_argument("--validate-every", type=checks.int_range(0), default=0, help="validate every N steps (default: never)")
     parser.set_defaults(handler=run_train)
     return parser
 
@@ -65,10 +67,29 @@ def _initial_decoder(args: argparse.Namespace) -> InContextDecoder | None:
         return None
     from ..config import DecoderConfig
 
-    print("note: no --decoder given: training starts from a randomly initialised decoder", file=sys.stderr)
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(args.seed)
         return InContextDecoder(DecoderConfig())
+
+
+def _check_run_folder(args: argparse.Namespace) -> None:
+    """Datasets, weight options and the run folder, checked before any model is loaded.
+
+    Raises:
+        CommandError, DatasetError, TrainingStateError: with what to fix.
+    """
+    check_engine_options(args, decoder_required=False)
+    load_dataset(args.dataset, args.groups_file)
+    if args.validation is not None:
+        load_dataset(args.validation)
+    if args.out.exists() and not args.out.is_dir():
+        raise CommandError(f"--out {args.out} is a file; expected a folder for the run.")
+    if args.resume:
+        read_state_document(args.out)
+    elif (args.out / STATE_JSON).exists():
+        raise TrainingStateError(
+            f"{args.out} already holds a training run ({STATE_JSON}); resume it (--resume) or choose another --out."
+        )
 
 
 def run_train(args: argparse.Namespace) -> int:
@@ -91,22 +112,19 @@ def run_train(args: argparse.Namespace) -> int:
             validate_every=args.validate_every,
         )
     except ValueError as error:
-        print(f"error: {error}", file=sys.stderr)
-        return 2
-    if args.tiny and args.decoder is None:
-        print("note: --tiny without --decoder: training starts from the tiny random decoder", file=sys.stderr)
+        raise CommandError(str(error)) from error
+    _check_run_folder(args)
     engine = build_engine(args, decoder=_initial_decoder(args))
+    if args.decoder is None:
+        start = "the tiny random decoder (--tiny)" if args.tiny else "a randomly initialised decoder"
+        print(f"note: no --decoder given: training starts from {start}", file=sys.stderr)
     with tqdm(total=config.steps, unit="step", desc="training") as bar:
 
         def progress(record: StepLog) -> None:
             bar.update(record.step - bar.n)
             bar.set_postfix(loss=f"{record.loss:.4f}", lr=f"{record.lr:.2e}")
 
-        try:
-            result = train_decoder(engine, args.dataset, args.out, config, progress=progress)
-        except (DatasetError, TrainingStateError) as error:
-            print(f"error: {error}", file=sys.stderr)
-            return 2
+        result = train_decoder(engine, args.dataset, args.out, config, progress=progress)
     if result.history:
         print(f"trained steps {result.start_step + 1}..{result.steps}; last loss {result.history[-1].loss:.4f}")
     if config.cache_dir is not None:

@@ -71,18 +71,7 @@ def save_training_state(
 
 def load_training_state(out_dir: Path, decoder: torch.nn.Module, optimizer: torch.optim.Optimizer) -> TrainingState:
     """Restore the decoder and optimizer from ``out_dir`` in place; returns the saved step and JSON."""
-    json_path = out_dir / STATE_JSON
-    if not json_path.is_file():
-        raise TrainingStateError(
-            f"cannot resume: expected {json_path} from an earlier run, found none. Point --out at the folder of "
-            "that run, or start without --resume."
-        )
-    document = json.loads(json_path.read_text(encoding="utf-8"))
-    if document.get("format") != STATE_FORMAT or document.get("version") != STATE_VERSION:
-        raise TrainingStateError(
-            f"{json_path}: expected format {STATE_FORMAT!r} version {STATE_VERSION}, got "
-            f"{document.get('format')!r} version {document.get('version')!r}."
-        )
+    document = read_state_document(out_dir)
     contents = read_checkpoint(out_dir / document["tensors"])
     step = int(document["step"])
     if contents.metadata.get("step") != str(step):
@@ -98,9 +87,66 @@ def load_training_state(out_dir: Path, decoder: torch.nn.Module, optimizer: torc
             f"{out_dir}: the saved decoder does not fit this decoder ({error}). Resume with the same decoder widths "
             "and image size as the saved run."
         ) from error
-    optimizer.load_state_dict(_optimizer_state(document, contents.tensors, optimizer, out_dir))
+    try:
+        optimizer.load_state_dict(_optimizer_state(document, contents.tensors, optimizer, out_dir))
+    except (ValueError, KeyError, TypeError) as error:  # torch's own checks of the restored optimizer state
+        raise TrainingStateError(
+            f"{out_dir}: the saved optimizer state does not fit this decoder's optimizer ({error}); {STATE_JSON} is "
+            "damaged or from another run."
+        ) from error
     logger.info("resumed training state from %s at step %d", out_dir, step)
     return TrainingState(step=step, document=document)
+
+
+def read_state_document(out_dir: Path) -> dict[str, Any]:
+    """Read and check ``training_state.json`` (format, version, step, tensors file, optimizer fields); reads no
+    tensors, so the CLI runs it before loading any model.
+
+    Raises:
+        TrainingStateError: the file is missing, is not JSON, or lacks or mistypes a field.
+    """
+    json_path = out_dir / STATE_JSON
+    if not json_path.is_file():
+        raise TrainingStateError(
+            f"cannot resume: expected {json_path} from an earlier run, found none. Point --out at the folder of "
+            "that run, or start without --resume."
+        )
+    damaged = f"{json_path} is damaged"
+    fix = "Restore it from a backup, or start a new run in another --out folder without --resume."
+    try:
+        document = json.loads(json_path.read_text(encoding="utf-8"))
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError) as error:
+        raise TrainingStateError(f"{damaged} ({error}); expected the JSON written by a training run. {fix}") from error
+    if not isinstance(document, dict):
+        raise TrainingStateError(f"{damaged}: expected a JSON object, got {type(document).__name__}. {fix}")
+    if document.get("format") != STATE_FORMAT or document.get("version") != STATE_VERSION:
+        raise TrainingStateError(
+            f"{json_path}: expected format {STATE_FORMAT!r} version {STATE_VERSION}, got "
+            f"{document.get('format')!r} version {document.get('version')!r}."
+        )
+    optimizer = document.get("optimizer")
+    problems = []
+    if isinstance(document.get("step"), bool) or not isinstance(document.get("step"), int) or document["step"] < 0:
+        problems.append(f"'step' must be an integer >= 0, got {document.get('step')!r}")
+    if document.get("tensors") != STATE_TENSORS:
+        problems.append(f"'tensors' must be {STATE_TENSORS!r}, got {document.get('tensors')!r}")
+    if not isinstance(optimizer, dict):
+        problems.append(f"'optimizer' must be an object, got {type(optimizer).__name__}")
+    else:
+        if not isinstance(optimizer.get("class"), str):
+            problems.append("'optimizer.class' must be a string")
+        groups = optimizer.get("param_groups")
+        if not isinstance(groups, list) or not all(isinstance(g, dict) and isinstance(g.get("params"), list)
+                                                   for g in groups):
+            problems.append("'optimizer.param_groups' must be a list of objects with 'params'")
+        scalars = optimizer.get("scalar_state")
+        if not isinstance(scalars, dict) or not all(k.isdigit() and isinstance(v, dict) for k, v in scalars.items()):
+            problems.append("'optimizer.scalar_state' must map parameter indices to objects")
+    if not isinstance(document.get("config", {}), dict):
+        problems.append(f"'config' must be an object, got {type(document['config']).__name__}")
+    if problems:
+        raise TrainingStateError(f"{damaged}: {'; '.join(problems)}. {fix}")
+    return document
 
 
 def _optimizer_state(
@@ -114,7 +160,9 @@ def _optimizer_state(
     state: dict[int, dict[str, Any]] = {}
     for key, value in tensors.items():
         if key.startswith("optimizer/"):
-            _, index, name = key.split("/", 2)
+            _, index, name = (key.split("/", 2) + ["", ""])[:3]
+            if not index.isdigit() or not name:
+                raise TrainingStateError(f"{out_dir}: {STATE_TENSORS} holds an unexpected tensor {key!r}.")
             state.setdefault(int(index), {})[name] = value
     for index, values in saved["scalar_state"].items():
         state.setdefault(int(index), {}).update(values)

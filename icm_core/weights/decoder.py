@@ -159,22 +159,29 @@ def save_decoder(decoder: InContextDecoder, path: str | Path, extra_metadata: di
     write_safetensors_atomic(state, Path(path), metadata)
 
 
-def convert_decoder(source: str | Path, target: str | Path) -> float:
+def convert_decoder(source: str | Path, target: str | Path, overwrite: bool = False) -> float:
     """Convert any accepted decoder file to ``.safetensors``; reload both and check they give identical alphas.
+
+    The file is written under a partial name next to ``target``, reloaded and checked there, and only then renamed
+    onto ``target``; a failed check removes only that partial file. ``target`` is never the source, and an existing
+    ``target`` is replaced only with ``overwrite``.
 
     Returns:
         The max abs alpha difference between the source and the converted file on a random input (0.0).
     """
+    from ..file_safety import check_new_file, publish, staged
+
     target = Path(target)
     if target.suffix != ".safetensors":
         raise ValueError(f"the converted file must end in .safetensors, got {target.name}")
+    check_new_file(target, [Path(source)], overwrite, "the converted file")
     original = load_decoder(source)
-    save_decoder(original, target, {"converted_from": Path(source).name})
-    reloaded = load_decoder(target)
-    difference = _max_output_difference(original, reloaded)
-    if difference != 0.0:
-        target.unlink(missing_ok=True)
-        raise RuntimeError(f"conversion check failed: outputs differ by {difference}; {target} was removed")
+    with staged(target) as temp:
+        save_decoder(original, temp, {"converted_from": Path(source).name})
+        difference = _max_output_difference(original, load_decoder(temp))
+        if difference != 0.0:
+            raise RuntimeError(f"conversion check failed: outputs differ by {difference}; {target} was not written")
+        publish(temp, target, overwrite)
     return difference
 
 
