@@ -343,3 +343,13 @@ def test_saved_context_is_reused_by_a_later_run(models, tmp_path):
     reuse["8"]["inputs"]["context"] = ["12", 0]
     second = _run_workflow(reuse, models, inputs, tmp_path, workdir)
     assert second["status"] == "success", json.dumps(second.get("execution_error"))[:4000]
+
+
+@pytest.mark.parametrize("precision", ["fp16", "bf16"])
+def test_workflow_saved_with_an_old_decoder_precision_still_runs(models, tmp_path, precision):
+    """Older versions offered fp16/bf16 decoder precision; such workflows still validate and run (in fp32)."""
+    workflow = _matting_nodes(["3", 1])
+    workflow["2"]["inputs"]["precision"] = precision
+    result = _run_workflow(workflow, models, _write_inputs(tmp_path / "input"), tmp_path)
+    assert result["status"] == "success", json.dumps(result.get("execution_error") or result)[:4000]
+    assert len([f for f in result["files"] if "alpha" in f["path"]]) == 2
