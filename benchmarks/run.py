@@ -26,6 +26,7 @@ import torch
 from icm_core.config import ExtractionConfig
 from icm_core.features.backend import extract_features
 from icm_core.features.diffusers_backend import DiffusersFeatureBackend
+from icm_core.features.precision import resolve_compute_dtype
 from icm_core.pipeline import IconMatting
 
 from .baseline import OfficialStyleBaseline, reference_tokens, to_model_square
@@ -112,7 +113,8 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep SD 2.1's head counts (5, 10, 20, 20) at any width instead of 64-wide heads")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
-                        help="icm_core's UNet/VAE precision; the baseline always runs fp32 like the official code")
+                        help="icm_core's UNet/VAE precision (bf16 runs as fp16); the baseline always runs fp32 like "
+                             "the official code")
     parser.add_argument("--micro-batch", type=int, default=None,
                         help="icm_core matte() batch_size (default: 1 on CPU, where it is fastest and leanest; 4 on CUDA)")
     parser.add_argument("--ensemble", type=int, default=4, help="ensemble size E (official 4)")
@@ -172,7 +174,7 @@ class Bench:
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
-        dtype = DTYPES[args.dtype]
+        dtype = resolve_compute_dtype(DTYPES[args.dtype], "--dtype")  # bf16 runs as fp16 (see Precision)
         if args.device == "cuda":
             torch.backends.cuda.matmul.allow_tf32 = False
             torch.backends.cudnn.allow_tf32 = False

@@ -11,6 +11,7 @@ import torch
 
 from .config import ExtractionConfig
 from .features.diffusers_backend import DiffusersFeatureBackend
+from .features.precision import resolve_compute_dtype
 from .modeling.decoder import InContextDecoder
 from .pipeline import IconMatting
 from .weights.decoder import OFFICIAL_DECODER_FILE, load_decoder
@@ -59,10 +60,13 @@ def load_engine(
 ) -> IconMatting:
     """SD 2.1 (diffusers folder or single file) + decoder checkpoint -> engine on ``device``.
 
-    The UNet and VAE run in ``dtype`` (fp16/bf16 on GPUs; the attention softmax stays fp32); the decoder in fp32.
+    The UNet and VAE are loaded in ``dtype`` (fp32, or fp16 on GPUs; bf16 is loaded as fp16, with a note) and
+    optionally run under ``autocast_dtype`` (fp16; bf16 runs as fp16); normalisations, attention softmax and the
+    ensemble averages stay fp32, and the decoder always runs in fp32 (see :mod:`icm_core.features.precision`).
     ``decoder`` may also be an already loaded :class:`InContextDecoder` (e.g. to read its image size first).
     """
     device = torch.device(device)
+    dtype = resolve_compute_dtype(dtype, "UNet/VAE dtype")
     if device.type == "cuda" and not torch.cuda.is_available():
         raise RuntimeError("device 'cuda' was requested but torch sees no CUDA device; pass --device cpu.")
     decoder_model = decoder if isinstance(decoder, InContextDecoder) else load_decoder(decoder)

@@ -83,7 +83,7 @@ def add_matte_parser(commands: argparse._SubParsersAction) -> None:
     run.add_argument("--device", type=checks.device, default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
     run.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="UNet/VAE weight precision (default fp32)")
     run.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
-                     help="run VAE/UNet under autocast in this precision (attention softmax stays fp32)")
+                     help="run VAE/UNet under autocast in this precision (bf16 runs as fp16; norms, softmax, decoder stay fp32)")
     run.add_argument("--channels-last", action="store_true", help="channels-last UNet (faster convolutions on GPUs)")
     matte.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     matte.set_defaults(handler=run_matte_command)

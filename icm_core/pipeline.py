@@ -30,6 +30,7 @@ from .types import UNetFeatures
 logger = logging.getLogger(__name__)
 
 ProgressCallback = Callable[[int, int], None]
+DECODER_DTYPE = torch.float32  # the decoder always computes in fp32 (see docs/benchmarks.md, Precision)
 
 
 @dataclass(frozen=True)
@@ -116,7 +117,7 @@ class IconMatting:
                 f"{backend.feature_channels}; load the decoder trained for this SD model (SD 2.1: 1280 channels)."
             )
         self.backend = backend
-        self.decoder = decoder.eval()
+        self.decoder = _fp32_decoder(decoder).eval()
         self.extraction = extraction
         self.fingerprint = config_fingerprint(
             backend.fingerprint(), extraction, decoder.config, _module_digest(decoder)
@@ -315,18 +316,8 @@ class IconMatting:
         """Reference tokens ``[K, C]`` + targets ``[n, 3, S, S]`` in [-1, 1] -> ``[n, 1, S, S]`` alpha."""
         features = extract_features(self.backend, square, self.extraction, seed, record_attention=True)
         device = self.backend.place_decoder(self.decoder)
-        dtype = next(self.decoder.parameters()).dtype
-        features = _cast_features(features, device, dtype)
         _check_features(features)
-        tokens, square = tokens.to(device, dtype), square.to(device, dtype)
-        # On CPUs the decoder runs image by image: same speed, a third of the working memory at 768 px.
-        step = 1 if device.type == "cpu" else square.shape[0]
-        alphas = []
-        with torch.no_grad():
-            for start in range(0, square.shape[0], step):
-                part = _slice_features(features, slice(start, start + step))
-                alphas.append(self.decoder(tokens, part, square[start : start + step]).alpha)
-        return torch.cat(alphas)
+        return decode_alpha(self.decoder, tokens, features, square, device)
 
     def check_context(self, context: ReferenceContext) -> None:
         """Raise unless ``context`` was encoded by this engine's model and configuration."""
@@ -340,6 +331,49 @@ class IconMatting:
                 "this reference context was encoded with another model or configuration (fingerprint "
                 f"{context.fingerprint}, this engine {self.fingerprint}); encode the reference again with this one."
             )
+
+
+def decode_alpha(
+    decoder: InContextDecoder,
+    tokens: torch.Tensor,
+    features: UNetFeatures,
+    images: torch.Tensor,
+    device: torch.device,
+) -> torch.Tensor:
+    """Run the decoder in fp32 on ``device``, whatever dtype the features came in.
+
+    Args:
+        decoder: an fp32 :class:`InContextDecoder` already on ``device``.
+        tokens: ``[K, C]`` reference tokens.
+        features: :class:`UNetFeatures` of n targets with attention maps (any float dtype, any device).
+        images: ``[n, 3, S, S]`` targets in [-1, 1].
+
+    Returns:
+        ``[n, 1, S, S]`` fp32 alpha in [0, 1].
+    """
+    features = _cast_features(features, device, DECODER_DTYPE)
+    tokens, images = tokens.to(device, DECODER_DTYPE), images.to(device, DECODER_DTYPE)
+    # On CPUs the decoder runs image by image: same speed, a third of the working memory at 768 px.
+    step = 1 if device.type == "cpu" else images.shape[0]
+    alphas = []
+    with torch.no_grad(), torch.autocast(device.type, enabled=False):  # fp32 even inside a caller's autocast
+        for start in range(0, images.shape[0], step):
+            part = _slice_features(features, slice(start, start + step))
+            alphas.append(decoder(tokens, part, images[start : start + step]).alpha)
+    return torch.cat(alphas)
+
+
+def _fp32_decoder(decoder: InContextDecoder) -> InContextDecoder:
+    """The decoder in fp32: lower precision moves the alpha by up to 0.11 (released decoder, bf16) for ~2 % of
+    the time, so it always runs in fp32; a decoder given in another dtype is converted, with a note."""
+    dtypes = {tensor.dtype for tensor in decoder.state_dict().values() if tensor.is_floating_point()}
+    if dtypes - {DECODER_DTYPE}:
+        logger.warning(
+            "the in-context decoder was given in %s; it runs in fp32 (fp16/bf16 visibly change the matte for "
+            "about 2%% of the time), converting it.", ", ".join(sorted(str(d) for d in dtypes))
+        )
+        decoder = decoder.to(DECODER_DTYPE)
+    return decoder
 
 
 def combine_contexts(*contexts: ReferenceContext) -> ReferenceContext:

@@ -33,6 +33,7 @@ from .spec import (
     SAVED_CONTEXT_UI_KEY,
     NodeSpec,
     Port,
+    decoder_precision,
 )
 
 logger = logging.getLogger(__name__)
@@ -44,7 +45,6 @@ _SOCKETS = {
     "VAE": io.Vae,
     "CLIP": io.Clip,
 }
-_PRECISIONS = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 
 
 def _socket(kind: str):
@@ -85,13 +85,6 @@ def build_schema(spec: NodeSpec) -> io.Schema:
     )
 
 
-def _decoder_dtype(precision: str) -> torch.dtype:
-    if precision == "auto":
-        device = model_management.get_torch_device()
-        return torch.float16 if model_management.should_use_fp16(device) else torch.float32
-    return _PRECISIONS[precision]
-
-
 def empty_prompt_embedding(clip) -> torch.Tensor:
     """CLIP embedding of the empty prompt, ``[1, 77, D]``."""
     return clip.encode_from_tokens(clip.tokenize(""))
@@ -103,11 +96,23 @@ class LoadIconMatting(io.ComfyNode):
         return build_schema(LOAD_SPEC)
 
     @classmethod
+    def validate_inputs(cls, precision) -> bool | str:
+        """Accepts the precision values of older workflows too (they run in fp32)."""
+        try:
+            decoder_precision(precision)
+        except ValueError as error:
+            return str(error)
+        return True
+
+    @classmethod
     def execute(cls, model, vae, clip, decoder_name, timestep, ensemble_size, precision) -> io.NodeOutput:
+        _, note = decoder_precision(precision)
+        if note:
+            logger.warning(note)
         decoder = load_decoder(folder_paths.get_full_path_or_raise("icm", decoder_name))
         backend = ComfyFeatureBackend(model, vae, empty_prompt_embedding(clip))
         extraction = ExtractionConfig(timestep=timestep, ensemble_size=ensemble_size, image_size=decoder.config.image_size)
-        engine = IconMatting(backend, decoder.to(_decoder_dtype(precision)), extraction)
+        engine = IconMatting(backend, decoder, extraction)  # the decoder runs in fp32
         return io.NodeOutput(engine)
 
 

@@ -31,6 +31,20 @@ FIT_TOOLTIP = ("How images of any size/aspect reach the model's 768x768 square: 
                "(letterbox) or crop (official evaluation; alpha 0 outside the centre crop). The result is always "
                "aligned with the input at its exact size.")
 
+PRECISION_OPTIONS = ("fp32", "auto")  # decoder precision: both mean fp32
+LEGACY_PRECISIONS = ("fp16", "bf16")  # offered by older versions; workflows saved with them still load, in fp32
+
+
+def decoder_precision(value: str) -> tuple[str, str | None]:
+    """The decoder dtype name for a ``precision`` widget value, and a note when an old value is remapped."""
+    if value in PRECISION_OPTIONS:
+        return "fp32", None
+    if value in LEGACY_PRECISIONS:
+        return "fp32", (f"decoder precision {value!r} is no longer offered and runs in fp32 (lower precision moved "
+                        "the alpha by up to 0.11); pick fp32 to silence this note.")
+    raise ValueError(f"precision must be one of {PRECISION_OPTIONS} (older workflows: {LEGACY_PRECISIONS}), "
+                     f"got {value!r}.")
+
 
 @dataclass(frozen=True)
 class Port:
@@ -82,9 +96,10 @@ LOAD_SPEC = NodeSpec(
              default=200, minimum=0, maximum=999, step=1, advanced=True),
         Port("ensemble_size", "INT", "Noisy copies per image averaged into the features (paper: 4; fewer is "
              "faster, more is smoother).", default=4, minimum=1, maximum=16, step=1, advanced=True),
-        Port("precision", "COMBO", "Precision of the IconMatting decoder (the UNet runs as ComfyUI loaded it). "
-             "auto: fp16 on GPUs that support it, else fp32.", default="fp32",
-             options=("fp32", "auto", "fp16", "bf16"), advanced=True),
+        Port("precision", "COMBO", "Precision of the IconMatting decoder: always fp32 (it is ~2% of the time, and "
+             "fp16/bf16 visibly change the matte); auto also means fp32. The UNet runs as ComfyUI loaded it, with "
+             "features and attention maps averaged in fp32.", default="fp32",
+             options=PRECISION_OPTIONS, advanced=True),
     ),
     outputs=(Port("icm_model", ICM_MODEL, "The matting model: connect to Encode Reference Context and Apply "
                   "In-Context Matte."),),

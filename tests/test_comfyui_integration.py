@@ -305,3 +305,11 @@ def test_errors_name_the_problem_not_the_file_system(comfy, comfy_models):
     assert "/" not in kind and "custom_nodes" not in kind, kind
     assert kind.startswith(("icm_core.", "nodes.")) or "." not in kind, kind
     assert broken.name in message, message
+
+
+def test_workflow_saved_with_an_old_decoder_precision_still_runs(comfy, core_engines, pack_module):
+    """Older versions offered fp16/bf16 decoder precision; such workflows still validate and run, in fp32."""
+    workflow = example("matte_loaded_images_api.json")
+    workflow["3"]["inputs"]["precision"] = "bf16"
+    _, got, expected = run_and_replay(comfy, core_engines, pack_module, workflow)
+    assert_alphas_match(got, expected, workflow)  # the core engine decodes in fp32

@@ -69,14 +69,15 @@ class AttentionAccumulator:
         self._layers: dict[str, int] = {level: 0 for level in LEVELS}
 
     def add(self, level: str, probabilities: torch.Tensor) -> None:
-        """Add one layer's ``[n * E, N, N]`` head-averaged probabilities."""
+        """Add one layer's ``[n * E, N, N]`` head-averaged probabilities (summed in fp32, whatever their dtype)."""
         rows, tokens, _ = probabilities.shape
         if rows != self.num_images * self.ensemble_size:
             raise ValueError(
                 f"attention batch has {rows} rows, expected {self.num_images} images x {self.ensemble_size} "
                 "ensemble copies"
             )
-        per_image = probabilities.view(self.num_images, self.ensemble_size, tokens, tokens).sum(dim=1)
+        # fp32 before summing: a backend computing in fp16 must not round the ensemble/layer sums.
+        per_image = probabilities.float().view(self.num_images, self.ensemble_size, tokens, tokens).sum(dim=1)
         if level in self._sums:
             self._sums[level] += per_image
         else:

@@ -76,11 +76,11 @@ def ensemble_features(
     outputs: dict[str, torch.Tensor], accumulator: AttentionAccumulator, record_attention: bool
 ) -> UNetFeatures:
     """Recorded per-row block outputs (``{"low": [n*E, C, r, r], "high": ...}``, image-major) and attention sums ->
-    the ensemble-averaged :class:`UNetFeatures` of the n images (both backends end their UNet pass with this)."""
+    the ensemble-averaged :class:`UNetFeatures` of the n images, fp32 (both backends end their UNet pass with this)."""
     images, ensemble = accumulator.num_images, accumulator.ensemble_size
 
     def mean(level: str) -> torch.Tensor:
-        value = outputs[level].float()
+        value = outputs[level].float()  # fp32 before averaging, whatever dtype the UNet computed in
         return value.view(images, ensemble, *value.shape[1:]).mean(dim=1)
 
     maps = accumulator.maps() if record_attention else {}

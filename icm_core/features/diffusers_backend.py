@@ -16,8 +16,9 @@ from torch import nn
 from ..types import UNetFeatures
 from .attention import DEFAULT_CHUNK_BYTES, AttentionAccumulator, chunked_attention_with_probabilities
 from .backend import ensemble_features
-from .noise import LatentDistribution, scaled_linear_alphas_cumprod
 from .fingerprint import weights_fingerprint
+from .noise import LatentDistribution, scaled_linear_alphas_cumprod
+from .precision import fp32_normalisations, resolve_compute_dtype
 from .sites import (
     ATTENTION_SITES,
     FEATURE_SITES,
@@ -85,8 +86,9 @@ class DiffusersFeatureBackend:
         empty_prompt_embedding: ``[1, 77, D]`` text embedding of the empty prompt.
         alphas_cumprod: ``[1000]`` noise schedule; SD's ``scaled_linear`` by default.
         attention_chunk_bytes: bound on the attention score buffer of one query chunk.
-        autocast_dtype: run the VAE encoder and UNet under ``torch.autocast`` with this dtype (fp16/bf16) while the
-            weights stay as loaded; attention scores and softmax stay fp32.
+        autocast_dtype: run the VAE encoder and UNet under ``torch.autocast`` with this dtype while the weights stay
+            as loaded: fp16 (bf16 runs as fp16, see :mod:`.precision`). Normalisations, the recorded attention scores
+            and softmax and the ensemble averages stay fp32. fp16 weights run under fp16 autocast anyway.
         channels_last: use the channels-last memory format for the UNet (faster convolutions on GPUs).
     """
 
@@ -101,7 +103,6 @@ class DiffusersFeatureBackend:
         channels_last: bool = False,
     ) -> None:
         self.unet = unet.eval().requires_grad_(False)
-        self.autocast_dtype = autocast_dtype
         self.channels_last = channels_last
         if channels_last:
             self.unet.to(memory_format=torch.channels_last)
@@ -109,6 +110,14 @@ class DiffusersFeatureBackend:
         parameter = next(unet.parameters())
         self.device = parameter.device
         self.dtype = parameter.dtype
+        if self.dtype not in (torch.float32, torch.float16):
+            raise ValueError(
+                f"the UNet's weights are {self.dtype}; load them in fp32 or fp16 (bf16 moves the alpha by up to "
+                "3.6e-2 from the fp32 result, fp16 stays within 5e-3; load_engine maps bf16 to fp16)."
+            )
+        autocast_dtype = resolve_compute_dtype(autocast_dtype, "autocast")
+        # Reduced-precision weights always run under autocast, so fp32 islands (norms) mix with them cleanly.
+        self.autocast_dtype = autocast_dtype or (None if self.dtype == torch.float32 else self.dtype)
         self.prompt = empty_prompt_embedding.to(self.device, self.dtype)
         self.alphas_cumprod = scaled_linear_alphas_cumprod() if alphas_cumprod is None else alphas_cumprod
         self.attention_chunk_bytes = attention_chunk_bytes
@@ -121,7 +130,7 @@ class DiffusersFeatureBackend:
 
     def latent_distribution(self, images: torch.Tensor) -> LatentDistribution:
         vae_dtype = next(self.vae.parameters()).dtype
-        with self._autocast():
+        with self._autocast(self.vae):
             posterior = self.vae.encode(images.to(self.device, vae_dtype)).latent_dist
         scale = float(self.vae.config.scaling_factor)
         return LatentDistribution(mean=posterior.mean.float() * scale, std=posterior.std.float() * scale)
@@ -141,7 +150,7 @@ class DiffusersFeatureBackend:
         latents = noisy_latents.to(self.device, self.dtype)
         if self.channels_last:
             latents = latents.contiguous(memory_format=torch.channels_last)
-        with self._recording(accumulator, outputs, record_attention), self._autocast():
+        with self._recording(accumulator, outputs, record_attention), self._autocast(self.unet):
             try:
                 self.unet(
                     latents,
@@ -194,10 +203,14 @@ class DiffusersFeatureBackend:
             for path, processor in saved_processors.items():
                 self.unet.get_submodule(path).set_processor(processor)
 
-    def _autocast(self) -> contextlib.AbstractContextManager:
+    @contextlib.contextmanager
+    def _autocast(self, model: nn.Module) -> Iterator[None]:
+        """Autocast in the reduced dtype with the model's normalisations in fp32; nothing at all in fp32."""
         if self.autocast_dtype is None:
-            return contextlib.nullcontext()
-        return torch.autocast(self.device.type, dtype=self.autocast_dtype)
+            yield
+            return
+        with fp32_normalisations(model), torch.autocast(self.device.type, dtype=self.autocast_dtype):
+            yield
 
     def place_decoder(self, decoder: nn.Module) -> torch.device:
         decoder.to(self.device)
