@@ -148,6 +148,7 @@ def test_context_saved_by_the_core_api_loads_in_comfyui(comfy, comfy_models, cor
 def test_context_saved_in_comfyui_loads_in_the_core_api(comfy, core_engines, pack_module):
     from icm_core.context_io import load_context
     from icm_core.image_io import read_image
+    from icm_core.pipeline import RefinementConfig
 
     workflow = example("matte_loaded_images_api.json")
     workflow["20"] = {"class_type": "ICM_SaveReferenceContext", "inputs": {"context": ["5", 0],
@@ -160,7 +161,9 @@ def test_context_saved_in_comfyui_loads_in_the_core_api(comfy, core_engines, pac
     engine = core_engines(workflow["3"]["inputs"])
     apply = workflow["12"]["inputs"]
     targets = [read_image(comfy.base_dir / "input" / f"icm_target_{i}.png") for i in (1, 2)]
-    alphas = engine.matte(context, targets, seed=apply["seed"], batch_size=1, fit=apply["fit"])
+    refinement = RefinementConfig(radius=apply["refine_radius"] or None, eps=apply["refine_eps"])
+    assert apply["refine_edges"]
+    alphas = engine.matte(context, targets, seed=apply["seed"], batch_size=1, fit=apply["fit"], refinement=refinement)
     # The same two targets matted in ComfyUI (Batch Images keeps the first target's size: compare target 1 only).
     assert float((alphas[0] - got["out_12_0"][0]).abs().max()) < ALPHA_TOLERANCE
     # ... and the file is offered by Load Reference Context straight away.
