@@ -208,7 +208,9 @@ def test_context_of_another_model_is_one_line_after_loading(files, tmp_path, cap
     from icm_core.tiny import build_tiny_engine
 
     monkeypatch.setattr(matte_command, "_engine", lambda args: build_tiny_engine(image_size=128))
-    context = ReferenceContext(torch.zeros(3, 48), torch.ones(1, 8, 8, dtype=torch.bool), ((90, 120),), "f" * 16)
+    cells = torch.zeros(1, 8, 8, dtype=torch.bool)
+    cells[0, 2, 3:6] = True  # three tokens, a well-formed context of some other model
+    context = ReferenceContext(torch.zeros(3, 48), cells, ((90, 120),), "f" * 16)
     path = save_context(context, tmp_path / "other.safetensors")
     message = error_line(capsys, matte(files, prompt=("--context", str(path))))
     assert "encoded with another model or configuration" in message
