@@ -19,7 +19,13 @@ from ..icm_core.prompts import ExpansionConfig, parse_points
 from ..icm_core.visualize import prompt_overlay, token_overlay
 from ..icm_core.weights.decoder import load_decoder
 from .comfy_backend import ComfyFeatureBackend
-from .convert import background_for, core_image_to_comfy, image_batch_to_core, mask_list_for_images
+from .convert import (
+    background_for,
+    check_backgrounds,
+    core_image_to_comfy,
+    image_batch_to_core,
+    mask_list_for_images,
+)
 from .spec import (
     APPLY_SPEC,
     CATEGORY,
@@ -142,6 +148,7 @@ class ApplyInContextMatte(io.ComfyNode):
     ) -> io.NodeOutput:
         colour = parse_colour(background_color)  # user errors first, before any model work
         targets = image_batch_to_core(images, "images")
+        check_backgrounds(background, targets.shape[0])
         refinement = RefinementConfig(radius=refine_radius or None, eps=refine_eps) if refine_edges else None
         bar = comfy.utils.ProgressBar(targets.shape[0])
         device, keep = icm_model.backend.device, model_management.intermediate_device()

@@ -48,6 +48,18 @@ def mask_list_for_images(
     return [masks[min(index, masks.shape[0] - 1)] for index in range(count)]
 
 
+def check_backgrounds(backgrounds: torch.Tensor | None, count: int) -> None:
+    """Raise before any model work unless ``backgrounds`` is None, one IMAGE, or one IMAGE per target."""
+    if backgrounds is None:
+        return
+    if backgrounds.ndim != 4 or backgrounds.shape[-1] not in (1, 3, 4):
+        raise ValueError(f"background: expected an IMAGE [B, H, W, C], got shape {tuple(backgrounds.shape)}.")
+    if backgrounds.shape[0] not in (1, count):
+        raise ValueError(
+            f"background has {backgrounds.shape[0]} images for {count} targets; give one background or one per target."
+        )
+
+
 def background_for(backgrounds: torch.Tensor, index: int, size: tuple[int, int]) -> torch.Tensor:
     """Background IMAGE ``[B or 1, H', W', C]`` -> the ``[3, H, W]`` background of target ``index`` (resized)."""
     if backgrounds.ndim != 4:

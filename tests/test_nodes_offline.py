@@ -189,3 +189,14 @@ def test_exception_types_are_named_inside_the_pack(pack_module):
         assert error.__module__ == "icm_core.errors" and ValueError.__module__ == "builtins"
     finally:
         del sys.modules[module.__name__]
+
+
+def test_background_batches_are_checked_before_any_model_work(pack_module):
+    convert = pack_module("nodes.convert")
+    convert.check_backgrounds(None, 5)
+    convert.check_backgrounds(torch.zeros(1, 8, 8, 3), 5)
+    convert.check_backgrounds(torch.zeros(5, 8, 8, 3), 5)
+    with pytest.raises(ValueError, match="background has 2 images for 5 targets"):
+        convert.check_backgrounds(torch.zeros(2, 8, 8, 3), 5)
+    with pytest.raises(ValueError, match=r"expected an IMAGE \[B, H, W, C\]"):
+        convert.check_backgrounds(torch.zeros(8, 8, 3), 5)
