@@ -332,13 +332,22 @@ def test_a_run_sends_the_expanded_cells_back_to_the_editor(frontend, comfy):
 
 
 def _save_docs_screenshot(frontend: Frontend) -> None:
-    """The editor node and its neighbours, for the README."""
-    box = frontend.evaluate(f"""() => {{
-        const r = {EDITOR}.element.getBoundingClientRect();
-        return {{x: r.left, y: r.top, width: r.width, height: r.height}};
-    }}""")
-    clip = {"x": max(0, box["x"] - 40), "y": max(0, box["y"] - 330), "width": box["width"] + 80,
-            "height": box["height"] + 370}
+    """The reference, the editor after a run and the node's preview, for the README (test models: random cells)."""
+    frontend.evaluate("""() => {
+        const graph = window.app.graph, ds = window.app.canvas.ds;
+        for (const node of [...graph.nodes]) if (node.type === "ICMTest_SaveTensor") graph.remove(node);
+        ds.scale = 1.1;
+        ds.offset = [-440 + 80 / ds.scale, -320 + 150 / ds.scale];
+        window.app.canvas.deselectAll?.();
+        window.app.canvas.setDirty(true, true);
+    }""")
+    _settle(frontend)
+    box = frontend.evaluate("""() => {
+        const canvas = window.app.canvas, rect = canvas.canvas.getBoundingClientRect();
+        const [left, top] = canvas.ds.convertOffsetToCanvas([440, 320]);
+        const [right, bottom] = canvas.ds.convertOffsetToCanvas([1640, 840]);
+        return {x: rect.left + left, y: rect.top + top, width: right - left, height: bottom - top};
+    }""")
     target = DOCS_IMAGE.with_suffix(".tmp.png")
-    frontend.page.screenshot(path=str(target), clip=clip)
+    frontend.page.screenshot(path=str(target), clip=box)
     os.replace(target, DOCS_IMAGE)
