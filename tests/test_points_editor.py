@@ -12,6 +12,7 @@ from __future__ import annotations
 import io
 import json
 import os
+import time
 from pathlib import Path
 
 import pytest
@@ -283,7 +284,8 @@ def test_a_run_sends_the_expanded_cells_back_to_the_editor(frontend, comfy):
     clicked = _points(frontend)
     assert _near(clicked["positive"], positive) and _near(clicked["negative"], negative), clicked
 
-    cells = frontend.evaluate("""async (id) => {
+    before = set(comfy.get("/history"))
+    frontend.evaluate("""async (id) => {
         const graph = window.app.graph, expand = graph.getNodeById(id);
         for (const other of [7, 8, 14, 15, 16, 17]) graph.getNodeById(other).mode = 2;  // only the expansion runs
         const probe = LiteGraph.createNode("ICMTest_SaveTensor");
@@ -291,12 +293,10 @@ def test_a_run_sends_the_expanded_cells_back_to_the_editor(frontend, comfy):
         graph.add(probe);
         probe.widgets.find((w) => w.name === "name").value = "points_editor_mask";
         expand.connect(0, probe, probe.inputs.findIndex((i) => i.name === "mask"));
-        const editor = expand.icmPointsEditor;
         await window.app.queuePrompt(0, 1);
-        for (let i = 0; i < 2400 && !editor.cells; i++) await new Promise((r) => setTimeout(r, 250));
-        return editor.cells;
     }""", EXPAND_NODE)
-    assert cells, "the run sent no cells to the editor:\n" + comfy.log_tail()
+    cells = _wait_for_cells(frontend, comfy, before)
+    assert cells, f"the run sent no cells to the editor: {json.dumps(comfy.get('/history'))[-3000:]}\n{comfy.log_tail()}"
     grid = cells["grid"]
     assert grid == 16 and (cells["width"], cells["height"]) == REFERENCE_SIZE  # 256 px test decoder: 16 x 16 cells
     cell_of = lambda x, y: [y * grid // REFERENCE_SIZE[1], x * grid // REFERENCE_SIZE[0]]  # stretch fit
@@ -329,6 +329,24 @@ def test_a_run_sends_the_expanded_cells_back_to_the_editor(frontend, comfy):
 
     if os.environ.get("ICM_UPDATE_DOCS") == "1":
         _save_docs_screenshot(frontend)
+
+
+def _wait_for_cells(frontend: Frontend, comfy, before: set, timeout: float = 300.0) -> dict | None:
+    """The cells the editor got from the prompt queued after ``before`` (the history's ids); None if it ended
+    without sending any."""
+    deadline, finished_at = time.monotonic() + timeout, None
+    while time.monotonic() < deadline:
+        cells = frontend.evaluate(f"() => {EDITOR}.cells")
+        if cells:
+            return cells
+        runs = [entry for key, entry in comfy.get("/history").items() if key not in before]
+        if finished_at is None and runs and all(entry.get("status", {}).get("completed") is not None
+                                                for entry in runs):
+            finished_at = time.monotonic()
+        if finished_at is not None and time.monotonic() - finished_at > 10:
+            return None  # the prompt ended; the UI message would have arrived by now
+        time.sleep(0.25)
+    return None
 
 
 def _save_docs_screenshot(frontend: Frontend) -> None:
