@@ -296,7 +296,8 @@ def test_a_run_sends_the_expanded_cells_back_to_the_editor(frontend, comfy):
         await window.app.queuePrompt(0, 1);
     }""", EXPAND_NODE)
     cells = _wait_for_cells(frontend, comfy, before)
-    assert cells, f"the run sent no cells to the editor: {json.dumps(comfy.get('/history'))[-3000:]}\n{comfy.log_tail()}"
+    history = json.dumps(comfy.get("/history"))[-3000:]
+    assert cells, f"the run sent no cells to the editor: {history}\n{comfy.log_tail()}"
     grid = cells["grid"]
     assert grid == 16 and (cells["width"], cells["height"]) == REFERENCE_SIZE  # 256 px test decoder: 16 x 16 cells
     cell_of = lambda x, y: [y * grid // REFERENCE_SIZE[1], x * grid // REFERENCE_SIZE[0]]  # stretch fit
@@ -327,6 +328,7 @@ def test_a_run_sends_the_expanded_cells_back_to_the_editor(frontend, comfy):
     original = reference.getpixel((x, y))
     assert shown[1] - original[1] > 20 or shown[1] > 200, (shown, original)  # the chosen cell is tinted green
 
+    assert not [e for e in frontend.console_errors if "icm_points" in e or "points_editor" in e], frontend.console_errors
     if os.environ.get("ICM_UPDATE_DOCS") == "1":
         _save_docs_screenshot(frontend)
 

@@ -80,7 +80,8 @@ class PointsEditor {
     this.drawnKey = "";
     this.cellsVersion = 0;
     this.element = document.createElement("div");
-    Object.assign(this.element.style, { display: "flex", flexDirection: "column", gap: "4px", boxSizing: "border-box" });
+    Object.assign(this.element.style, { display: "flex", flexDirection: "column", gap: "4px",
+      boxSizing: "border-box" });
     const bar = document.createElement("div");
     Object.assign(bar.style, { display: "flex", alignItems: "center", gap: "6px", font: "11px sans-serif",
       color: "#bbb", flex: "0 0 auto", whiteSpace: "nowrap", overflow: "hidden" });
