@@ -4,12 +4,13 @@ from __future__ import annotations
 
 import logging
 import os
+import secrets
 
 import comfy.model_management as model_management
 import comfy.utils
 import folder_paths
 import torch
-from comfy_api.latest import ComfyExtension, io
+from comfy_api.latest import ComfyExtension, io, ui
 
 from ..icm_core.config import ExtractionConfig
 from ..icm_core.context_io import load_context, save_context
@@ -26,6 +27,7 @@ from .convert import (
     image_batch_to_core,
     mask_list_for_images,
 )
+from .points_editor import CELLS_UI_KEY, REFERENCE_UI_KEY, expansion_ui
 from .spec import (
     APPLY_SPEC,
     CATEGORY,
@@ -188,18 +190,28 @@ class ExpandPointPrompt(io.ComfyNode):
             raise ValueError(f"Expand Point Prompt takes one reference image, got a batch of {images.shape[0]}.")
         size = tuple(images.shape[2:])
         scribble_mask = None if scribble is None else mask_list_for_images(scribble, 1, size)[0]
+        positive = parse_points(positive_points, "positive_points")
+        negative = parse_points(negative_points, "negative_points")
         expansion = icm_model.expand_prompt(
-            images[0],
-            positive=parse_points(positive_points, "positive_points"),
-            negative=parse_points(negative_points, "negative_points"),
-            scribble=scribble_mask,
-            config=ExpansionConfig(top_m=top_m, relative_threshold=relative_threshold or None),
-            seed=seed,
-            fit=fit,
+            images[0], positive=positive, negative=negative, scribble=scribble_mask,
+            config=ExpansionConfig(top_m=top_m, relative_threshold=relative_threshold or None), seed=seed, fit=fit,
         )
         preview = prompt_overlay(images[0, :3], expansion.token_mask, expansion.prompt_cells)
+        cells = expansion_ui(expansion.token_mask, expansion.prompt_cells, size, icm_model.extraction.image_size,
+                             fit, positive, negative)
+        shown = {REFERENCE_UI_KEY: _save_temp_preview(core_image_to_comfy(images[:, :3]), cls), CELLS_UI_KEY: [cells]}
         device = model_management.intermediate_device()
-        return io.NodeOutput(expansion.mask[None].to(device), core_image_to_comfy(preview[None]).to(device))
+        return io.NodeOutput(expansion.mask[None].to(device), core_image_to_comfy(preview[None]).to(device), ui=shown)
+
+
+def _save_temp_preview(image: torch.Tensor, cls) -> list[dict]:
+    """Save ``[1, H, W, 3]`` in 0..1 to ComfyUI's temp folder as PreviewImage does -> its ``/view`` file records.
+
+    The points editor shows this image, so it works whatever node feeds the reference.
+    """
+    prefix = "icm_points_" + secrets.token_hex(4)
+    saved = ui.ImageSaveHelper.save_images(image, prefix, io.FolderType.temp, cls, compress_level=1)
+    return [dict(record) for record in saved]
 
 
 class CombineReferenceContexts(io.ComfyNode):

@@ -218,6 +218,15 @@ POINTS_NOTE = (
     "Encode Reference Context.\n"
 )
 
+EDITOR_NOTE = POINTS_NOTE.replace(
+    "Points: JSON, a list of clicks in the reference's pixels (x to the right, y down, 0,0 = top-left):\n",
+    "Points editor (in Expand Point Prompt; it shows the reference from Load Image, or from the last run):\n"
+    "    left click = a point on the thing (green); right click or shift+click = a point NOT on the thing (red);\n"
+    "    drag = move; ctrl+click = remove; Clear points = remove all. After a run it shades the chosen cells.\n"
+    "The clicks are stored as JSON in positive_points / negative_points, in the reference's pixels (x to the "
+    "right, y down, 0,0 = top-left):\n",
+).replace("Any pixel viewer shows the coordinates. Or connect", "You can also type them there. Or connect")
+
 
 def points_reference_matte():
     """Click on the thing in the reference instead of painting a mask; matte a batch of loaded images."""
@@ -227,13 +236,13 @@ def points_reference_matte():
         + WEIGHTS_NOTE + "\n"
         "How to use:\n"
         "1. Step 2: load a reference image that shows the thing. Expand Point Prompt turns a few clicks on it "
-        "into a region mask (no mask editor needed) and feeds it to Encode Reference Context. Type the clicks "
-        "into positive_points (see below) and check the preview.\n"
+        "into a region mask (no mask editor needed) and feeds it to Encode Reference Context. Click on the thing "
+        "in its editor (see below), queue, and check the cells it shows.\n"
         "2. Step 3: load the images to matte (batched; Batch Images resizes every target to the first; chain "
         "more Load Image + Batch Images pairs for more).\n"
         "3. Queue. Results: output/icm/rgba_*.png (targets with the matte as alpha) and output/icm/alpha_*.png "
         "(the mattes).\n\n"
-        + POINTS_NOTE
+        + EDITOR_NOTE
     )
     nodes = [
         node(1, "Note", [0, 80], [400, 980], {"text": note}, title="Read me: matte from clicks"),
@@ -241,7 +250,7 @@ def points_reference_matte():
         node(3, "ICM_LoadIconMatting", [b, 80], [400, None], widgets={
             "decoder_name": ICM_DECODER, "timestep": 200, "ensemble_size": 4, "precision": "fp32"}),
         node(4, "LoadImage", [a, 360], [315, 314], {"image": REFERENCE_FILE}, title="Reference (click on the thing)"),
-        node(5, "ICM_ExpandPointPrompt", [b, 360], [400, 400], {
+        node(5, "ICM_ExpandPointPrompt", [b, 360], [400, 460], {
             "positive_points": json.dumps([{"x": 120, "y": 100}, {"x": 150, "y": 90}]), "negative_points": "[]",
             "top_m": 16, "seed": 0}),
         node(6, "PreviewImage", [c, 360], [315, 314], title="Clicks (red) + expanded region"),
@@ -269,7 +278,7 @@ def points_reference_matte():
     ]
     groups = [
         ("Step 1 - Load SD 2.1 + the IconMatting decoder", GROUP_BLUE, [2, 3]),
-        ("Step 2 - Reference: click on the thing (positive_points), check the preview", GROUP_YELLOW,
+        ("Step 2 - Reference: click on the thing in Expand Point Prompt, check the cells", GROUP_YELLOW,
          [4, 5, 6, 7, 8]),
         ("Step 3 - Targets to matte (batched; resized to the first)", GROUP_BLUE, [9, 10, 11, 12, 13]),
         ("Step 4 - Matte all targets, save RGBA + alpha", GROUP_GREEN, [14, 15, 16, 17]),
