@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from icm_core.cli import main
+from icm_core.commands.cli import main
 from icm_core.evaluation import (
     DatasetError,
     EvaluationProtocol,
