@@ -21,7 +21,7 @@ from .errors import NonFiniteError
 from .features.backend import FeatureBackend, extract_features
 from .features.precision import autocast_disabled
 from .fit import Placement, aligned_alpha, from_square, placement, to_square
-from .images import ImageLike, image_list, to_mask, to_model_range, to_rgb
+from .io.images import ImageLike, image_list, to_mask, to_model_range, to_rgb
 from .postprocess import refine_alpha
 from .modeling.decoder import InContextDecoder
 from .modeling.similarity import pool_token_mask, select_reference_tokens, token_mask_to_image

@@ -23,7 +23,7 @@ from icm_core.image_io import (
     read_mask,
     set_max_image_pixels,
 )
-from icm_core.images import to_rgb
+from icm_core.io.images import to_rgb
 
 
 @pytest.fixture(autouse=True)
@@ -271,7 +271,7 @@ def test_the_limit_can_be_lowered_and_raised(tmp_path, monkeypatch):
 
 
 def test_trimaps_and_sizes_use_the_same_reader(tmp_path):
-    from icm_core.evaluation.dataset import read_trimap
+    from icm_core.io.datasets import read_trimap
 
     trimap = np.full((8, 9), 128 * 257, np.uint16)
     trimap[0] = 65535

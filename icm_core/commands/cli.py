@@ -13,9 +13,9 @@ from tqdm import tqdm
 from . import checks
 from .checks import CommandError, OneLineArgumentParser
 from ..errors import NonFiniteError, WeightsNotFoundError
-from ..image_io import ImageReadError
-from ..evaluation.dataset import DatasetError
-from ..file_safety import UnsafeOutputError
+from ..io.images import ImageReadError
+from ..io.datasets import DatasetError
+from ..io.file_safety import UnsafeOutputError
 from ..loader import MODELS_DIR_VARIABLE, default_models_dir
 from .matte_job import OutputCollisionError
 from ..pipeline import EmptyReferenceError

@@ -14,7 +14,7 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from ..image_io import read_image, read_mask, save_image_atomic, to_uint8
+from ..io.images import read_image, read_mask, save_image_atomic, to_uint8
 from ..loader import find_default_weights, load_engine
 from ..pipeline import IconMatting, ProgressCallback
 from ..tiny import build_tiny_engine

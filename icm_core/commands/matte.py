@@ -14,11 +14,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..context_io import FORMAT_TAG, describe_context, load_context, save_context
-from ..file_safety import check_new_file, is_within, publish, staged
+from ..io.context_files import FORMAT_TAG, describe_context, load_context, save_context
+from ..io.file_safety import check_new_file, is_within, publish, staged
 from ..fit import placement
-from ..image_io import DEFAULT_MAX_IMAGE_PIXELS, read_image, read_mask, set_max_image_pixels
-from ..images import to_mask, to_rgb
+from ..io.images import DEFAULT_MAX_IMAGE_PIXELS, read_image, read_mask, set_max_image_pixels, to_mask, to_rgb
 from .matte_job import (
     IMAGE_READ_ERRORS,
     JobSettings,

@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from ..file_safety import (
+from ..io.file_safety import (
     UnsafeOutputError,
     folder_lock,
     is_within,
@@ -36,8 +36,8 @@ from ..file_safety import (
     write_png_atomic,
 )
 from ..errors import image_read_errors
-from ..image_io import read_image, to_uint8
-from ..images import to_rgb
+from ..io.images import read_image, to_uint8
+from ..io.images import to_rgb
 from ..outputs import make_outputs
 from ..pipeline import IconMatting, ReferenceContext, RefinementConfig
 

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from ..evaluation.dataset import load_dataset
+from ..io.datasets import load_dataset
 from ..modeling.decoder import InContextDecoder
 from ..training.state import STATE_JSON, TrainingStateError, read_state_document
 from ..training.trainer import StepLog, TrainingConfig, train_decoder
