@@ -161,7 +161,8 @@ class OfficialStyleBaseline:
 
         self.unet, self.vae, self.decoder = unet, vae, decoder
         self.device = next(unet.parameters()).device
-        self.prompt = prompt.to(self.device, torch.float32)
+        self.dtype = next(unet.parameters()).dtype  # fp32 as the official code; fp16 to separate precision gains
+        self.prompt = prompt.to(self.device, self.dtype)
         self.timestep, self.ensemble_size, self.image_size = timestep, ensemble_size, image_size
         self.timer = timer or StageTimer(self.device)
         # SD 2.1 scheduler settings (the official code loads them from the model folder).
@@ -203,11 +204,11 @@ class OfficialStyleBaseline:
         with self.timer.stage("attention"):
             attention_low = self.store.aggregate(1, self.grids[0])
             attention_high = self.store.aggregate(1, self.grids[1])
-        features = UNetFeatures(
+        features = UNetFeatures(  # the decoder runs in fp32 whatever the UNet's precision, as in icm_core
             low=self._ensemble_mean(target_rows[0], 1),
             high=self._ensemble_mean(target_rows[1], 1),
-            attention_low=attention_low,
-            attention_high=attention_high,
+            attention_low=attention_low.float(),
+            attention_high=attention_high.float(),
         )
         with self.timer.stage("decoder"):
             tokens = self.select_tokens(reference_feature[0], guidance)
@@ -218,11 +219,11 @@ class OfficialStyleBaseline:
 
     def _unet_pass(self, image: torch.Tensor, seed: int) -> dict[int, torch.Tensor]:
         """``[1, 3, S, S]`` -> outputs of every up block for the E rows (official ``forward_feature_extractor``)."""
-        rows = image.repeat_interleave(self.ensemble_size, dim=0)  # E identical copies, image-major
+        rows = image.to(self.dtype).repeat_interleave(self.ensemble_size, dim=0)  # E identical copies, image-major
         with self.timer.stage("vae"):
             generator = torch.Generator(device="cpu").manual_seed(int(seed))
             latents = self.vae.encode(rows).latent_dist.sample(generator=generator) * self.vae.config.scaling_factor
-            noise = torch.randn(latents.shape, generator=generator).to(self.device)
+            noise = torch.randn(latents.shape, generator=generator).to(self.device, latents.dtype)
             timestep = torch.tensor(self.timestep, dtype=torch.long, device=self.device)
             noisy = self.add_noise(latents, noise, timestep)
         outputs: dict[int, torch.Tensor] = {}
@@ -253,7 +254,7 @@ class OfficialStyleBaseline:
         return hook
 
     def _ensemble_mean(self, rows: torch.Tensor, images: int) -> torch.Tensor:
-        return rows.reshape(images, self.ensemble_size, *rows.shape[1:]).mean(dim=1)
+        return rows.float().reshape(images, self.ensemble_size, *rows.shape[1:]).mean(dim=1)
 
     @contextlib.contextmanager
     def recording(self) -> Iterator[None]:

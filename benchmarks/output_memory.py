@@ -2,7 +2,7 @@
 
 Each case runs in a fresh process: inputs are allocated, the peak-RSS mark is reset (``/proc/self/clear_refs``),
 ``make_outputs`` runs once, and the working memory is the peak RSS growth minus the outputs' own bytes, per pixel.
-Linux only. ``python -m benchmarks.output_memory [--threads N]`` prints a Markdown table.
+Linux only. ``python -m benchmarks.output_memory [--threads N] [--sizes 4K 8K | HxW ...]`` prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -67,13 +67,27 @@ def measure(height: int, width: int, kinds: str, threads: int) -> dict:
     }
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__)
+def _size(text: str) -> tuple[str, int, int]:
+    """``4K``/``8K`` or ``HxW`` -> (label, height, width)."""
+    if text in SIZES:
+        height, width = SIZES[text]
+        return text, height, width
+    try:
+        height, width = (int(part) for part in text.lower().split("x"))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected 4K, 8K or HxW (e.g. 96x128), got {text!r}") from None
+    return f"{height}x{width}", height, width
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m benchmarks.output_memory", description=__doc__.split("\n\n")[0])
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1)")
-    args = parser.parse_args()
+    parser.add_argument("--sizes", type=_size, nargs="+", default=[_size(name) for name in SIZES],
+                        help="image sizes: 4K, 8K or HxW (default 4K 8K)")
+    args = parser.parse_args(argv)
     print("| size | outputs | wall s | CPU s | working B/px | working MB | outputs B/px |")
     print("|---|---|---:|---:|---:|---:|---:|")
-    for name, (height, width) in SIZES.items():
+    for name, height, width in args.sizes:
         for kinds in KINDS:
             row = measure(height, width, kinds, args.threads)
             label = "all four" if kinds.count(",") == 3 else kinds
@@ -82,7 +96,8 @@ def main() -> None:
                 f"| {row['working'] * height * width / 1e6:.0f} | {row['outputs']:.0f} |",
                 flush=True,
             )
+    return 0
 
 
 if __name__ == "__main__":
-    main()
+    raise SystemExit(main())

@@ -78,6 +78,7 @@ class Row:
     baseline: list[Measurement]
     ours: list[Measurement]
     max_abs_diff: float
+    baseline_reduced: list[Measurement] = field(default_factory=list)  # the baseline at --dtype (fp16/bf16 runs)
 
     @staticmethod
     def _median(runs: list[Measurement], key) -> float:
@@ -89,18 +90,24 @@ class Row:
     def ours_tps(self) -> float:
         return self._median(self.ours, lambda m: m.targets_per_second)
 
+    def baseline_reduced_tps(self) -> float:
+        return self._median(self.baseline_reduced, lambda m: m.targets_per_second)
+
     def cpu_ratio(self) -> float:
         """Baseline CPU seconds per target / icm_core CPU seconds per target (medians)."""
         per_target = lambda runs: self._median(runs, lambda m: m.cpu_seconds / m.targets)  # noqa: E731
         return per_target(self.baseline) / per_target(self.ours)
 
+    def runs(self, which: str) -> list[Measurement]:
+        return {"baseline": self.baseline, "baseline_reduced": self.baseline_reduced, "ours": self.ours}[which]
+
     def stages_per_target(self, which: str) -> dict[str, float]:
-        runs = self.baseline if which == "baseline" else self.ours
+        runs = self.runs(which)
         return {s: self._median(runs, lambda m: m.stages[s] / m.targets) for s in STAGES}
 
     def peak(self, which: str) -> tuple[int, int]:
         """(peak bytes, peak - start bytes), maxima over repeats."""
-        runs = self.baseline if which == "baseline" else self.ours
+        runs = self.runs(which)
         return max(m.peak_bytes for m in runs), max(m.peak_bytes - m.start_bytes for m in runs)
 
 
@@ -113,8 +120,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
                         help="keep SD 2.1's head counts (5, 10, 20, 20) at any width instead of 64-wide heads")
     parser.add_argument("--device", choices=("cpu", "cuda"), default="cpu")
     parser.add_argument("--dtype", choices=tuple(DTYPES), default="fp32",
-                        help="icm_core's UNet/VAE precision (bf16 runs as fp16); the baseline always runs fp32 like "
-                             "the official code")
+                        help="UNet/VAE precision of icm_core (bf16 runs as fp16); the baseline runs in fp32 like "
+                             "the official code and, for fp16/bf16, also at this precision, so the gains from "
+                             "precision and from the algorithm are reported separately")
     parser.add_argument("--micro-batch", type=int, default=None,
                         help="icm_core matte() batch_size (default: 1 on CPU, where it is fastest and leanest; 4 on CUDA)")
     parser.add_argument("--ensemble", type=int, default=4, help="ensemble size E (official 4)")
@@ -201,6 +209,12 @@ class Bench:
             models.unet, models.vae, models.prompt, models.decoder, extraction.timestep, args.ensemble,
             args.image_size,
         )
+        self.baseline_reduced = None  # the same official-style work at icm_core's reduced precision
+        if dtype != torch.float32:
+            self.baseline_reduced = OfficialStyleBaseline(
+                backend.unet, backend.vae, models.prompt, models.decoder, extraction.timestep, args.ensemble,
+                args.image_size,
+            )
         self.tolerance = FP32_TOLERANCE if dtype == torch.float32 else REDUCED_PRECISION_TOLERANCE
 
     @torch.no_grad()
@@ -212,14 +226,15 @@ class Bench:
         features = extract_features(backend, target, extraction, seed, True)
         calibrate_decoder(self.models.decoder, tokens, features, target)
 
-    def run_baseline(self, count: int, seed: int | None = None, start: int = 0) -> Measurement:
-        """The baseline on targets ``start .. start + count - 1``."""
+    def run_baseline(self, count: int, seed: int | None = None, start: int = 0, reduced: bool = False) -> Measurement:
+        """The baseline on targets ``start .. start + count - 1`` (``reduced``: at ``--dtype``, not fp32)."""
         seed = self.args.seed if seed is None else seed
         targets = self.targets[start : start + count]
+        baseline = self.baseline_reduced if reduced else self.baseline
 
         def run(timer: StageTimer) -> list[torch.Tensor]:
-            self.baseline.timer = timer
-            return self.baseline.matte(self.reference, self.reference_mask, targets, seed)
+            baseline.timer = timer
+            return baseline.matte(self.reference, self.reference_mask, targets, seed)
 
         return _measure(self.args.device, count, run)
 
@@ -255,6 +270,40 @@ def alpha_stats(alphas: list[torch.Tensor]) -> dict[str, float]:
     return {"mean": float(stacked.mean()), "std": float(stacked.std()), "soft_fraction": float(soft)}
 
 
+def _measure_row(bench: Bench, count: int, cap: int, cache: dict, log) -> Row:
+    """icm_core on ``count`` targets; the baseline on ``min(count, cap)`` (reused when that count was measured)."""
+    repeats = bench.args.repeats if count <= bench.args.repeat_max_targets else 1
+    base_count = min(count, cap)
+    measure_base = base_count not in cache
+    base_runs, reduced_runs = cache.get(base_count, ([], []))
+    our_runs: list[Measurement] = []
+    for repeat in range(repeats):
+        if not measure_base:
+            our_runs.append(bench.run_ours(count))
+        elif base_count > 1:  # sandwich: baseline on the first half, icm_core, baseline on the second half
+            first = bench.run_baseline(base_count // 2)
+            our_runs.append(bench.run_ours(count))
+            second = bench.run_baseline(base_count - base_count // 2, start=base_count // 2)
+            base_runs.append(Measurement.merge([first, second]))
+        elif repeat % 2 == 0:  # one baseline target: alternate the order, so load drift hits both alike
+            base_runs.append(bench.run_baseline(1))
+            our_runs.append(bench.run_ours(count))
+        else:
+            our_runs.append(bench.run_ours(count))
+            base_runs.append(bench.run_baseline(1))
+        if measure_base and bench.baseline_reduced is not None:
+            reduced_runs.append(bench.run_baseline(base_count, reduced=True))
+        log(f"  {count} targets: baseline {base_runs[-1].seconds:.2f}s ({base_count}), "
+            f"icm_core {our_runs[-1].seconds:.2f}s")
+    cache[base_count] = (base_runs, reduced_runs)
+    diff = max(bench.compare(base, ours) for base, ours in zip(base_runs, our_runs))
+    for run in our_runs:
+        run.alphas = []  # keep memory flat between counts; baseline alphas stay for later comparisons
+    for run in reduced_runs:
+        run.alphas = []
+    return Row(count, base_count, base_runs, our_runs, diff, reduced_runs)
+
+
 def run_benchmark(args: argparse.Namespace, log=print) -> dict:
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -264,40 +313,19 @@ def run_benchmark(args: argparse.Namespace, log=print) -> dict:
     log(f"built models in {time.perf_counter() - started:.1f}s; warming up")
     warm_base, warm_ours = bench.run_baseline(1), bench.run_ours(1)
     warm_diff = bench.compare(warm_base, warm_ours)
+    if bench.baseline_reduced is not None:
+        bench.run_baseline(1, reduced=True)
     stats = alpha_stats(warm_ours.alphas)
     log(f"warm-up: baseline {warm_base.seconds:.2f}s, icm_core {warm_ours.seconds:.2f}s, max |dalpha| {warm_diff:.2e}")
     cap = args.baseline_max_targets or max(args.targets)
-    baseline_cache: dict[int, list[Measurement]] = {}
+    baseline_cache: dict[int, tuple[list[Measurement], list[Measurement]]] = {}
     rows = []
     for count in args.targets:
-        repeats = args.repeats if count <= args.repeat_max_targets else 1
-        base_count = min(count, cap)
-        measure_base = base_count not in baseline_cache
-        base_runs, our_runs = baseline_cache.get(base_count, []), []
-        for repeat in range(repeats):
-            if not measure_base:
-                our_runs.append(bench.run_ours(count))
-            elif base_count > 1:  # sandwich: baseline on the first half, icm_core, baseline on the second half
-                first = bench.run_baseline(base_count // 2)
-                our_runs.append(bench.run_ours(count))
-                second = bench.run_baseline(base_count - base_count // 2, start=base_count // 2)
-                base_runs.append(Measurement.merge([first, second]))
-            elif repeat % 2 == 0:  # one baseline target: alternate the order, so load drift hits both alike
-                base_runs.append(bench.run_baseline(1))
-                our_runs.append(bench.run_ours(count))
-            else:
-                our_runs.append(bench.run_ours(count))
-                base_runs.append(bench.run_baseline(1))
-            log(f"  {count} targets: baseline {base_runs[-1].seconds:.2f}s ({base_count}), "
-                f"icm_core {our_runs[-1].seconds:.2f}s")
-        baseline_cache[base_count] = base_runs
-        diff = max(bench.compare(base, ours) for base, ours in zip(base_runs, our_runs))
-        row = Row(count, base_count, base_runs, our_runs, diff)
-        for run in our_runs:
-            run.alphas = []  # keep memory flat between counts; baseline alphas stay for later comparisons
+        row = _measure_row(bench, count, cap, baseline_cache, log)
         rows.append(row)
         log(f"{count:>4} targets: baseline {row.baseline_tps():.4f}/s, icm_core {row.ours_tps():.4f}/s, "
-            f"x{row.ours_tps() / row.baseline_tps():.2f} (CPU time x{row.cpu_ratio():.2f}), max |dalpha| {diff:.2e}")
+            f"x{row.ours_tps() / row.baseline_tps():.2f} (CPU time x{row.cpu_ratio():.2f}), "
+            f"max |dalpha| {row.max_abs_diff:.2e}")
     return {
         "args": args,
         "rows": rows,

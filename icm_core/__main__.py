@@ -1,5 +1,5 @@
 """Entry point of ``python -m icm_core``."""
 
-from .cli import main
+from .commands.cli import main
 
 raise SystemExit(main())

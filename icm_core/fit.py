@@ -15,6 +15,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+import numpy as np
 import torch
 import torch.nn.functional as F
 
@@ -110,3 +111,11 @@ def from_square(alpha: torch.Tensor, where: Placement) -> torch.Tensor:
     if tuple(region.shape[-2:]) != (where.height, where.width):
         region = F.interpolate(region, size=(where.height, where.width), mode="bilinear", align_corners=False)
     return region.clamp(0.0, 1.0)
+
+
+def center_square(tensor: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
+    """Centre crop of ``[..., H, W]`` to ``[..., m, m]``, m = min(H, W), offset ``(max - min) // 2``."""
+    height, width = tensor.shape[-2:]
+    side = min(height, width)
+    top, left = (height - side) // 2, (width - side) // 2
+    return tensor[..., top : top + side, left : left + side]

@@ -6,6 +6,7 @@ hair and fur the observed colour mixes in the background, and the estimator remo
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
 
@@ -38,21 +39,14 @@ class MatteOutputs:
     composite: torch.Tensor | None = None
 
 
-def parse_output_kinds(text: str) -> tuple[str, ...]:
-    """``"alpha,rgba"`` -> ``("alpha", "rgba")``, checked against :data:`OUTPUT_KINDS`."""
-    kinds = tuple(part.strip() for part in text.split(",") if part.strip())
-    unknown = [kind for kind in kinds if kind not in OUTPUT_KINDS]
-    if unknown or not kinds:
-        raise ValueError(f"outputs must be a comma list of {', '.join(OUTPUT_KINDS)}; got {text!r}")
-    return kinds
-
-
 def make_outputs(
     image: torch.Tensor,
     alpha: torch.Tensor,
     kinds: Collection[str] = OUTPUT_KINDS,
     background: torch.Tensor | Sequence[float] = (0.0, 0.0, 0.0),
-    estimate_colours: bool = True,
+    estimate_colors: bool = True,
+    *,
+    estimate_colours: bool | None = None,
 ) -> MatteOutputs:
     """Build the requested outputs for one image.
 
@@ -61,8 +55,13 @@ def make_outputs(
         alpha: ``[H, W]`` in [0, 1].
         kinds: any of ``alpha``, ``rgba``, ``foreground``, ``composite``.
         background: ``[3, H, W]`` image or an ``(r, g, b)`` colour in [0, 1] for the composite.
-        estimate_colours: estimate foreground colours (blur fusion); False uses the image's own colours.
+        estimate_colors: estimate foreground colors (blur fusion); False uses the image's own colors.
+        estimate_colours: deprecated spelling of ``estimate_colors`` (warns).
     """
+    if estimate_colours is not None:
+        warnings.warn("make_outputs(estimate_colours=...) is deprecated; use estimate_colors=...", DeprecationWarning,
+                      stacklevel=2)
+        estimate_colors = estimate_colours
     if tuple(alpha.shape) != tuple(image.shape[-2:]):
         raise ValueError(f"alpha {tuple(alpha.shape)} must match the image size {tuple(image.shape[-2:])}")
     for name, tensor in (("alpha", alpha), ("image", image)):
@@ -77,7 +76,7 @@ def make_outputs(
     if "rgba" in kinds:  # the estimate is written straight into the RGBA output's colour channels
         rgba = torch.empty((4, *alpha.shape), dtype=torch.float32, device=image.device)
         rgba[3] = alpha
-    if estimate_colours:
+    if estimate_colors:
         foreground = rgba[:3] if rgba is not None else torch.empty_like(rgb)
         estimate_foreground_into(rgb, alpha[None], foreground)
     else:
@@ -94,7 +93,7 @@ def make_outputs(
     )
 
 
-def parse_colour(text: str) -> tuple[float, float, float]:
+def parse_color(text: str) -> tuple[float, float, float]:
     """``"#00ff00"`` / ``"0,255,0"`` -> ``(0.0, 1.0, 0.0)``."""
     value = text.strip()
     try:
@@ -106,3 +105,6 @@ def parse_colour(text: str) -> tuple[float, float, float]:
     if len(parts) != 3 or not all(0 <= part <= 255 for part in parts):
         raise ValueError(f"colour {text!r}: expected '#rrggbb' or 'r,g,b' with 0..255 values")
     return tuple(part / 255.0 for part in parts)  # type: ignore[return-value]
+
+
+parse_colour = parse_color  # the former spelling, kept for existing callers (the ComfyUI node among them)

@@ -19,8 +19,9 @@ import torch
 from .config import ExtractionConfig, config_fingerprint
 from .errors import NonFiniteError
 from .features.backend import FeatureBackend, extract_features
+from .features.precision import autocast_disabled
 from .fit import Placement, aligned_alpha, from_square, placement, to_square
-from .images import ImageLike, image_list, to_mask, to_model_range, to_rgb
+from .io.images import ImageLike, image_list, to_mask, to_model_range, to_rgb
 from .postprocess import refine_alpha
 from .modeling.decoder import InContextDecoder
 from .modeling.similarity import pool_token_mask, select_reference_tokens, token_mask_to_image
@@ -356,7 +357,7 @@ def decode_alpha(
     # On CPUs the decoder runs image by image: same speed, a third of the working memory at 768 px.
     step = 1 if device.type == "cpu" else images.shape[0]
     alphas = []
-    with torch.no_grad(), torch.autocast(device.type, enabled=False):  # fp32 even inside a caller's autocast
+    with torch.no_grad(), autocast_disabled(device.type):  # fp32 even inside a caller's autocast
         for start in range(0, images.shape[0], step):
             part = _slice_features(features, slice(start, start + step))
             alphas.append(decoder(tokens, part, images[start : start + step]).alpha)

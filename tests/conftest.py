@@ -45,6 +45,12 @@ def golden() -> dict[str, torch.Tensor]:
 
 
 @pytest.fixture(scope="session")
+def golden_dir() -> Path:
+    """The folder holding the tiny end-to-end golden (skipped, or failed in CI, when it is missing)."""
+    return _require(GOLDEN_FILE).parent
+
+
+@pytest.fixture(scope="session")
 def golden_meta() -> dict:
     return json.loads((_require(GOLDEN_DIR / "tiny_e2e.json")).read_text())
 

@@ -9,9 +9,9 @@ import pytest
 import torch
 from PIL import Image
 
-from icm_core import cli
+from icm_core.commands import cli
 from icm_core.config import ExtractionConfig
-from icm_core.demo import SAMPLES_DIR, TARGET_NAMES
+from icm_core.commands.demo import SAMPLES_DIR, TARGET_NAMES
 from icm_core.image_io import read_image, read_mask, to_uint8
 from icm_core.loader import MODELS_DIR_VARIABLE, load_engine
 from icm_core.weights.decoder import OFFICIAL_DECODER_FILE

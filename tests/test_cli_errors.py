@@ -14,8 +14,8 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from icm_core import cli
-from icm_core.cli_checks import SEED_MAX
+from icm_core.commands import cli
+from icm_core.commands.checks import SEED_MAX
 from icm_core.context_io import save_context
 from icm_core.pipeline import ReferenceContext
 from icm_core.weights.decoder import OFFICIAL_DECODER_FILE
@@ -34,12 +34,12 @@ def no_models(monkeypatch: pytest.MonkeyPatch) -> None:
     def explode(*args, **kwargs):
         raise ModelLoaded("a model was loaded")
 
-    from icm_core import matte_command
-    from icm_core.evaluation import commands as evaluation_commands
-    from icm_core.training import commands as training_commands
+    from icm_core.commands import evaluate as evaluation_commands
+    from icm_core.commands import options  # the engine of matte (and of every command) is built there
+    from icm_core.commands import train as training_commands
 
-    monkeypatch.setattr(matte_command, "load_decoder", explode)
-    monkeypatch.setattr(matte_command, "load_engine", explode)
+    monkeypatch.setattr(options, "load_decoder", explode)
+    monkeypatch.setattr(options, "load_engine", explode)
     monkeypatch.setattr(evaluation_commands, "build_engine", explode)
     monkeypatch.setattr(training_commands, "build_engine", explode)
 
@@ -204,13 +204,11 @@ def test_unusable_contexts(files, tmp_path, capsys):
 
 def test_context_of_another_model_is_one_line_after_loading(files, tmp_path, capsys, monkeypatch):
     """The fingerprint check needs the model; its failure is still one line."""
-    from icm_core import matte_command
+    from icm_core.commands import matte as matte_command
     from icm_core.tiny import build_tiny_engine
 
-    monkeypatch.setattr(matte_command, "_engine", lambda args: build_tiny_engine(image_size=128))
-    cells = torch.zeros(1, 8, 8, dtype=torch.bool)
-    cells[0, 2, 3:6] = True  # three tokens, a well-formed context of some other model
-    context = ReferenceContext(torch.zeros(3, 48), cells, ((90, 120),), "f" * 16)
+    monkeypatch.setattr(matte_command, "build_engine", lambda args: build_tiny_engine(image_size=128))
+    context = ReferenceContext(torch.zeros(64, 48), torch.ones(1, 8, 8, dtype=torch.bool), ((90, 120),), "f" * 16)
     path = save_context(context, tmp_path / "other.safetensors")
     message = error_line(capsys, matte(files, prompt=("--context", str(path))))
     assert "encoded with another model or configuration" in message
@@ -224,12 +222,12 @@ def test_a_valid_command_reaches_the_loader(files, capsys):
 
 
 def test_missing_weights_are_one_line(files, tmp_path, capsys, monkeypatch):
-    from icm_core import matte_command
+    from icm_core.commands import options
     from icm_core.loader import load_engine
     from icm_core.weights.decoder import load_decoder
 
-    monkeypatch.setattr(matte_command, "load_decoder", load_decoder)
-    monkeypatch.setattr(matte_command, "load_engine", load_engine)
+    monkeypatch.setattr(options, "load_decoder", load_decoder)
+    monkeypatch.setattr(options, "load_engine", load_engine)
     files["decoder"] = tmp_path / OFFICIAL_DECODER_FILE
     assert OFFICIAL_DECODER_FILE in error_line(capsys, matte(files))
     files["decoder"] = _write(tmp_path / "zero.safetensors", b"\x00" * 64)

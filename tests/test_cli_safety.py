@@ -16,12 +16,12 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 from PIL import Image
 
-from icm_core import cli
+from icm_core.commands import cli
 from icm_core.config import ExtractionConfig
-from icm_core.file_safety import folder_lock, is_partial_name, partial_path, png_is_complete
+from icm_core.io.file_safety import folder_lock, is_partial_name, partial_path, png_is_complete
 from icm_core.image_io import read_image, read_mask, to_uint8
 from icm_core.loader import load_engine
-from icm_core.matte_job import OutputCollisionError, Target, check_collisions, collect_targets, output_name
+from icm_core.commands.matte_job import OutputCollisionError, Target, check_collisions, collect_targets, output_name
 from icm_core.weights.decoder import load_decoder
 
 from tests.tiny_files import write_tiny_weights

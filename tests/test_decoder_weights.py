@@ -18,7 +18,7 @@ import torch
 from safetensors import safe_open
 from safetensors.torch import save_file
 
-from icm_core import cli
+from icm_core.commands import cli
 from icm_core.config import DecoderConfig
 from icm_core.errors import WeightsNotFoundError
 from icm_core.modeling.decoder import InContextDecoder

@@ -12,7 +12,7 @@ import pytest
 import torch
 from PIL import Image
 
-from icm_core.cli import main
+from icm_core.commands.cli import main
 from icm_core.evaluation import (
     DatasetError,
     EvaluationProtocol,
@@ -21,7 +21,7 @@ from icm_core.evaluation import (
     load_dataset,
     mean_errors,
 )
-from icm_core.evaluation.dataset import read_trimap
+from icm_core.io.datasets import read_trimap
 from icm_core.image_io import read_image, read_mask
 from icm_core.metrics import MattingErrors, compute_all, unknown_region
 from icm_core.tiny import build_tiny_engine

@@ -10,7 +10,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from icm_core.cli import main
+from icm_core.commands.cli import main
 from icm_core.evaluation import EvaluationProtocol, evaluate_dataset
 from icm_core.tiny import build_tiny_engine
 

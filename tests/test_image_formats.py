@@ -23,7 +23,7 @@ from icm_core.image_io import (
     read_mask,
     set_max_image_pixels,
 )
-from icm_core.images import to_rgb
+from icm_core.io.images import to_rgb
 
 
 @pytest.fixture(autouse=True)
@@ -227,7 +227,7 @@ def test_animations_read_their_first_frame(tmp_path, suffix, caplog):
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0, **options)
     with Image.open(path) as opened:
         assert opened.n_frames == 3
-    with caplog.at_level("INFO", logger="icm_core.image_io"):
+    with caplog.at_level("INFO", logger="icm_core.io.images"):
         image = read_image(path)
     torch.testing.assert_close(image[:3, 5, 5], torch.tensor([1.0, 0.0, 0.0]), atol=1 / 255, rtol=0)
     assert "3 frames (animated); reading the first" in caplog.text
@@ -271,7 +271,7 @@ def test_the_limit_can_be_lowered_and_raised(tmp_path, monkeypatch):
 
 
 def test_trimaps_and_sizes_use_the_same_reader(tmp_path):
-    from icm_core.evaluation.dataset import read_trimap
+    from icm_core.io.datasets import read_trimap
 
     trimap = np.full((8, 9), 128 * 257, np.uint16)
     trimap[0] = 65535

@@ -12,7 +12,7 @@ from PIL import Image
 from icm_core import pipeline
 from icm_core.errors import NonFiniteError
 from icm_core.image_io import ImageReadError, read_image, read_mask, save_image_atomic
-from icm_core.matte_job import JobSettings, Target, run_job
+from icm_core.commands.matte_job import JobSettings, Target, run_job
 from icm_core.outputs import make_outputs
 from icm_core.tiny import build_tiny_engine
 

@@ -14,7 +14,7 @@ import torch
 from PIL import Image
 from safetensors.torch import load_file
 
-from icm_core.cli import main
+from icm_core.commands.cli import main
 from icm_core.tiny import build_tiny_engine
 from icm_core.training import (
     TrainingConfig,

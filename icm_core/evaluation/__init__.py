@@ -6,7 +6,7 @@
 
 from __future__ import annotations
 
-from .dataset import (
+from ..io.datasets import (
     DatasetError,
     DatasetGroup,
     DatasetItem,
@@ -15,12 +15,12 @@ from .dataset import (
     load_reference_choice,
     split_group,
 )
+from ..fit import center_square
 from .evaluate import (
     EvaluationProtocol,
     EvaluationSummary,
     GroupResult,
     ImageResult,
-    center_square,
     evaluate_dataset,
     mean_errors,
 )

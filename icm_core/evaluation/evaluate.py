@@ -35,129 +35,41 @@ import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import TYPE_CHECKING, Literal
 
 import numpy as np
 import torch
 
 from ..errors import image_read_errors
-from ..image_io import read_image, read_mask, save_image_atomic
-from ..images import to_rgb
+from ..fit import center_square
+from ..io.images import read_image, read_mask, save_image_atomic, to_rgb
 from ..metrics import MattingErrors, compute_all, unknown_region
 from ..pipeline import EmptyReferenceError, IconMatting, ReferenceContext
-from .dataset import DatasetError, DatasetItem, check_same_size, load_dataset, load_reference_choice, read_trimap, split_group
-
-if TYPE_CHECKING:
-    from .report import RowWriter
+from ..io.datasets import (
+    DatasetError,
+    DatasetItem,
+    check_same_size,
+    load_dataset,
+    load_reference_choice,
+    read_trimap,
+    split_group,
+)
+from .report import CSV_NAME, RowWriter, write_reports
+from .results import (  # noqa: F401 - re-exported: the evaluation's public result types live in results.py
+    METRIC_NAMES,
+    EvaluationProtocol,
+    EvaluationSummary,
+    GroupResult,
+    ImageResult,
+    ItemFailure,
+    ProgressCallback,
+    Region,
+    Resolution,
+    mean_errors,
+)
 
 logger = logging.getLogger(__name__)
 
-Resolution = Literal["official", "original"]
-Region = Literal["whole", "unknown"]
-ProgressCallback = Callable[[int, int], None]
-METRIC_NAMES = ("sad", "mse", "grad", "conn")
 ITEM_ERRORS = image_read_errors()  # DatasetError and EmptyReferenceError are ValueErrors too
-
-
-@dataclass(frozen=True)
-class EvaluationProtocol:
-    """How a dataset is evaluated (see the module docstring for the meaning of each choice).
-
-    Attributes:
-        resolution: ``"official"`` (centre square crop, metrics on the crop) or ``"original"`` (whole image,
-            metrics at its original size).
-        region: ``"whole"`` (all pixels) or ``"unknown"`` (trimap == 128; needs a trimap per target).
-        references_file: JSON ``{group: name | [names]}``; None = first image of each group by name.
-        groups_file: the groups JSON; None = searched next to the dataset (see :mod:`.dataset`).
-        seed: noise seed for references and targets.
-        batch_size: targets per UNet pass (>= 1).
-        save_alphas: also write each predicted alpha as ``alphas/<group>/<image>.png`` (8-bit; the metrics
-            use the float alpha, so recomputing them from these PNGs differs by the quantisation).
-    """
-
-    resolution: Resolution = "official"
-    region: Region = "whole"
-    references_file: Path | None = None
-    groups_file: Path | None = None
-    seed: int = 0
-    batch_size: int = 1
-    save_alphas: bool = False
-
-    def __post_init__(self) -> None:
-        if self.resolution not in ("official", "original"):
-            raise ValueError(f"resolution must be 'official' or 'original', got {self.resolution!r}")
-        if self.region not in ("whole", "unknown"):
-            raise ValueError(f"region must be 'whole' or 'unknown', got {self.region!r}")
-        if self.batch_size < 1:
-            raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
-
-
-@dataclass(frozen=True)
-class ImageResult:
-    """Errors of one target image.
-
-    Attributes:
-        metric_size: ``(H, W)`` at which the metrics were computed (the crop under ``official``).
-        seconds: wall time of matting this image (see the module docstring).
-    """
-
-    group: str
-    image: str
-    references: tuple[str, ...]
-    errors: MattingErrors
-    seconds: float
-    metric_size: tuple[int, int]
-
-
-@dataclass(frozen=True)
-class GroupResult:
-    """Mean errors of one group's targets.
-
-    Attributes:
-        mean: per-metric mean over the group's target images.
-        seconds: mean matting seconds per image; reference_seconds: time to encode the group's context.
-    """
-
-    name: str
-    references: tuple[str, ...]
-    num_images: int
-    mean: MattingErrors
-    seconds: float
-    reference_seconds: float
-
-
-@dataclass(frozen=True)
-class ItemFailure:
-    """A target that was not evaluated, and why (``image`` names the target; the reason may name its reference)."""
-
-    group: str
-    image: str
-    reason: str
-
-
-@dataclass(frozen=True)
-class EvaluationSummary:
-    """Everything an evaluation produced.
-
-    Attributes:
-        overall_over_images: mean of the per-image metrics over all evaluated target images (every image weighs
-            the same); None when no target could be evaluated.
-        overall_over_groups: mean of the per-group means (every group weighs the same); None likewise.
-        skipped_groups: groups left without a target once their references were taken out.
-        failures: targets skipped because their files (or their group's reference) could not be used.
-        files: ``{"csv": ..., "markdown": ..., "json": ...}`` report paths.
-    """
-
-    protocol: EvaluationProtocol
-    dataset_root: Path
-    engine_fingerprint: str
-    images: tuple[ImageResult, ...]
-    groups: tuple[GroupResult, ...]
-    overall_over_images: MattingErrors | None
-    overall_over_groups: MattingErrors | None
-    skipped_groups: tuple[str, ...]
-    files: dict[str, Path]
-    failures: tuple[ItemFailure, ...] = ()
 
 
 @dataclass(frozen=True)
@@ -166,21 +78,6 @@ class _Target:
     image: torch.Tensor  # [C, H, W] in [0, 1]
     alpha: torch.Tensor  # [H, W] in [0, 1]
     region: np.ndarray | None  # [H, W] bool
-
-
-def mean_errors(errors: Sequence[MattingErrors]) -> MattingErrors:
-    """Per-metric arithmetic mean (float64) of a non-empty sequence."""
-    if not errors:
-        raise ValueError("mean_errors needs at least one MattingErrors")
-    return MattingErrors(**{name: float(np.mean([getattr(e, name) for e in errors])) for name in METRIC_NAMES})
-
-
-def center_square(tensor: torch.Tensor | np.ndarray) -> torch.Tensor | np.ndarray:
-    """Centre crop of ``[..., H, W]`` to ``[..., m, m]``, m = min(H, W), offset ``(max - min) // 2``."""
-    height, width = tensor.shape[-2:]
-    side = min(height, width)
-    top, left = (height - side) // 2, (width - side) // 2
-    return tensor[..., top : top + side, left : left + side]
 
 
 def plan_evaluation(
@@ -238,8 +135,6 @@ def evaluate_dataset(
         protocol: evaluation choices; defaults to ``EvaluationProtocol()``.
         progress: called as ``progress(done, total)`` after each matted micro-batch.
     """
-    from .report import CSV_NAME, RowWriter, write_reports  # report imports this module's dataclasses
-
     protocol = protocol or EvaluationProtocol()
     plan, skipped = plan_evaluation(root, protocol)
     out = Path(out_dir)

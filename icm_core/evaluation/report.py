@@ -23,11 +23,11 @@ import csv
 import io
 import json
 import os
-import tempfile
 from pathlib import Path
 
+from ..io.file_safety import write_text_atomic
 from ..metrics import MattingErrors
-from .evaluate import METRIC_NAMES, EvaluationProtocol, EvaluationSummary, ImageResult
+from .results import METRIC_NAMES, EvaluationProtocol, EvaluationSummary, ImageResult
 
 CSV_NAME = "per_image.csv"
 MARKDOWN_NAME = "summary.md"
@@ -48,23 +48,6 @@ REGION_TEXT = {
     "whole": "whole: all pixels",
     "unknown": "unknown: trimap pixels equal to 128 only",
 }
-
-
-def write_text_atomic(text: str, path: Path) -> Path:
-    """Write UTF-8 text to a temporary file next to ``path``, then ``os.replace`` it into place."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8", newline="") as stream:
-            stream.write(text)
-            stream.flush()
-            os.fsync(stream.fileno())
-        os.chmod(temp, 0o644)
-        os.replace(temp, path)
-    except BaseException:
-        Path(temp).unlink(missing_ok=True)
-        raise
-    return path
 
 
 def protocol_description(protocol: EvaluationProtocol) -> dict[str, str]:

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import torch
 
+from .precision import autocast_disabled
 from .sites import LEVELS, sites_at
 
 DEFAULT_CHUNK_BYTES = 256 * 1024**2  # accelerators: one chunk spans the whole batch
@@ -48,7 +49,7 @@ def chunked_attention_with_probabilities(
     for rows in row_groups:
         for start in range(0, tokens, rows_per_chunk):
             stop = min(start + rows_per_chunk, tokens)
-            with torch.autocast(query.device.type, enabled=False):  # scores and softmax in fp32, also under autocast
+            with autocast_disabled(query.device.type):  # scores and softmax in fp32, also under autocast
                 scores = torch.matmul(query[rows, :, start:stop].float(), key_t[rows]) * scale
                 weights = scores.softmax(dim=-1)
             probabilities[rows, start:stop] = weights.mean(dim=1)

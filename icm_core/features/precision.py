@@ -47,13 +47,23 @@ def resolve_compute_dtype(dtype: torch.dtype | None, what: str) -> torch.dtype |
     raise ValueError(f"{what} precision must be fp32, fp16 or bf16 (runs as fp16), got {dtype}.")
 
 
+def autocast_disabled(device_type: str) -> contextlib.AbstractContextManager:
+    """A region where a caller's autocast does not apply (fp32 stays fp32).
+
+    Devices without autocast (``meta``, used to count FLOPs) have nothing to disable: a null context there.
+    """
+    if torch.amp.is_autocast_available(device_type):
+        return torch.autocast(device_type, enabled=False)
+    return contextlib.nullcontext()
+
+
 def _fp32_forward(module: nn.Module):
     """A forward for a GroupNorm/LayerNorm that computes in fp32 (outside autocast) and returns fp32."""
 
     def forward(x: torch.Tensor) -> torch.Tensor:
         weight = None if module.weight is None else module.weight.float()
         bias = None if module.bias is None else module.bias.float()
-        with torch.autocast(x.device.type, enabled=False):
+        with autocast_disabled(x.device.type):
             if isinstance(module, nn.GroupNorm):
                 return F.group_norm(x.float(), module.num_groups, weight, bias, module.eps)
             return F.layer_norm(x.float(), module.normalized_shape, weight, bias, module.eps)

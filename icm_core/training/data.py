@@ -28,9 +28,8 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from ..evaluation.dataset import DatasetError, DatasetGroup, DatasetItem, MattingDataset, check_same_size
-from ..image_io import image_size, read_image, read_mask
-from ..images import stretch_to_square
+from ..io.datasets import DatasetError, DatasetGroup, DatasetItem, MattingDataset, check_same_size
+from ..io.images import image_size, read_image, read_mask, stretch_to_square
 from ..modeling.similarity import pool_token_mask
 from .losses import is_binary_alpha
 

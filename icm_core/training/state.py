@@ -17,7 +17,7 @@ from typing import Any
 
 import torch
 
-from ..evaluation.report import write_text_atomic
+from ..io.file_safety import write_text_atomic
 from ..weights.checkpoint_io import read_checkpoint, write_safetensors_atomic
 
 logger = logging.getLogger(__name__)

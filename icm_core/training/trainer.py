@@ -30,12 +30,11 @@ from pathlib import Path
 
 import torch
 
-from ..evaluation.dataset import DatasetItem, load_dataset, split_group
-from ..evaluation.evaluate import center_square
-from ..evaluation.report import write_text_atomic
+from ..io.datasets import DatasetItem, load_dataset, split_group
+from ..fit import center_square
+from ..io.file_safety import write_text_atomic
 from ..features.backend import extract_features
-from ..image_io import read_image, read_mask
-from ..images import stretch_to_square, to_model_range
+from ..io.images import read_image, read_mask, stretch_to_square, to_model_range
 from ..modeling.decoder import InContextDecoder
 from ..modeling.similarity import pool_token_mask, select_reference_tokens
 from ..pipeline import IconMatting

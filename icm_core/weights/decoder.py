@@ -169,7 +169,7 @@ def convert_decoder(source: str | Path, target: str | Path, overwrite: bool = Fa
     Returns:
         The max abs alpha difference between the source and the converted file on a random input (0.0).
     """
-    from ..file_safety import check_new_file, publish, staged
+    from ..io.file_safety import check_new_file, publish, staged
 
     target = Path(target)
     if target.suffix != ".safetensors":

@@ -9,13 +9,13 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from .. import cli_checks as checks
-from ..cli_checks import CommandError
-from ..evaluation.commands import add_engine_options, build_engine, check_engine_options
-from ..evaluation.dataset import load_dataset
+from ..io.datasets import load_dataset
 from ..modeling.decoder import InContextDecoder
-from .state import STATE_JSON, TrainingStateError, read_state_document
-from .trainer import StepLog, TrainingConfig, train_decoder
+from ..training.state import STATE_JSON, TrainingStateError, read_state_document
+from ..training.trainer import StepLog, TrainingConfig, train_decoder
+from . import checks
+from .checks import CommandError
+from .options import add_weight_options, build_engine, check_weight_options
 
 
 def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -29,7 +29,7 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     )
     parser.add_argument("dataset", type=Path, help="training root with image/, alpha/ folders and a groups JSON")
     parser.add_argument("--out", required=True, type=Path, help="run folder (checkpoints, state, loss log)")
-    add_engine_options(
+    add_weight_options(
         parser,
         "decoder to start from (.pth/.ckpt/.safetensors); if absent, training starts from a RANDOMLY "
         "initialised decoder (seeded by --seed)",
@@ -78,7 +78,7 @@ def _check_run_folder(args: argparse.Namespace) -> None:
     Raises:
         CommandError, DatasetError, TrainingStateError: with what to fix.
     """
-    check_engine_options(args, decoder_required=False)
+    check_weight_options(args, decoder_required=False)
     load_dataset(args.dataset, args.groups_file)
     if args.validation is not None:
         load_dataset(args.validation)

@@ -34,7 +34,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from ..image_io import read_grey
+from .images import read_grey
 
 logger = logging.getLogger(__name__)
 

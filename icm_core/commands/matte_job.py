@@ -26,7 +26,7 @@ from pathlib import Path
 import torch
 from PIL import Image
 
-from .file_safety import (
+from ..io.file_safety import (
     UnsafeOutputError,
     folder_lock,
     is_within,
@@ -35,11 +35,11 @@ from .file_safety import (
     resolved,
     write_png_atomic,
 )
-from .errors import image_read_errors
-from .image_io import read_image, to_uint8
-from .images import to_rgb
-from .outputs import make_outputs
-from .pipeline import IconMatting, ReferenceContext, RefinementConfig
+from ..errors import image_read_errors
+from ..io.images import read_image, to_uint8
+from ..io.images import to_rgb
+from ..outputs import make_outputs
+from ..pipeline import IconMatting, ReferenceContext, RefinementConfig
 
 logger = logging.getLogger(__name__)
 
@@ -72,7 +72,7 @@ class JobSettings:
     fit: str = "stretch"
     refinement: RefinementConfig | None = None
     background: tuple[float, float, float] = (0.0, 0.0, 0.0)
-    estimate_colours: bool = True
+    estimate_colors: bool = True
 
 
 @dataclass
@@ -295,6 +295,6 @@ def _readable_images(
 
 
 def _write_outputs(image: torch.Tensor, alpha: torch.Tensor, paths: dict[str, Path], settings: JobSettings) -> None:
-    outputs = make_outputs(image, alpha, tuple(paths), settings.background, settings.estimate_colours)
+    outputs = make_outputs(image, alpha, tuple(paths), settings.background, settings.estimate_colors)
     for kind, path in paths.items():
         write_png_atomic(to_uint8(getattr(outputs, kind)), path)

@@ -1,4 +1,4 @@
-"""Command line: ``python -m icm_core {matte,convert,demo,evaluate,train}`` (matte: see matte_command.py)."""
+"""Command line: ``python -m icm_core {matte,convert,demo,evaluate,train}`` (one module per command in this package)."""
 
 from __future__ import annotations
 
@@ -10,32 +10,28 @@ from pathlib import Path
 
 from tqdm import tqdm
 
-from . import cli_checks as checks
-from .cli_checks import CommandError, OneLineArgumentParser
-from .errors import NonFiniteError, WeightsNotFoundError
-from .image_io import ImageReadError
-from .evaluation.commands import add_evaluate_parser
-from .evaluation.dataset import DatasetError
-from .file_safety import UnsafeOutputError
-from .loader import MODELS_DIR_VARIABLE, default_models_dir
-from .matte_command import DTYPES, add_matte_parser
+from . import checks
+from .checks import CommandError, OneLineArgumentParser
+from ..errors import NonFiniteError, WeightsNotFoundError
+from ..io.images import ImageReadError
+from ..io.datasets import DatasetError
+from ..io.file_safety import UnsafeOutputError
+from ..loader import MODELS_DIR_VARIABLE, default_models_dir
 from .matte_job import OutputCollisionError
-from .pipeline import EmptyReferenceError
-from .training.commands import add_train_parser
-from .training.state import TrainingStateError
-from .weights.checkpoint_io import CheckpointError
-from .weights.decoder import DecoderCheckpointError
+from ..pipeline import EmptyReferenceError
+from ..training.state import TrainingStateError
+from ..weights.checkpoint_io import CheckpointError
+from ..weights.decoder import DecoderCheckpointError
+from .evaluate import add_evaluate_parser
+from .matte import add_matte_parser
+from .options import add_runtime_options, runtime
+from .train import add_train_parser
 
 # User mistakes: one ``error:`` line, no traceback (``--debug`` shows it).
 USER_ERRORS: tuple[type[BaseException], ...] = (
     CommandError, UnsafeOutputError, OutputCollisionError, WeightsNotFoundError, CheckpointError,
     DecoderCheckpointError, EmptyReferenceError, DatasetError, TrainingStateError, NonFiniteError, ImageReadError,
 )  # fmt: skip
-
-
-def _add_runtime_options(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--device", type=checks.device, default="cpu", help="torch device, e.g. cpu, cuda, cuda:1")
-    parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="UNet/VAE precision (default fp32)")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -57,7 +53,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--models-dir", type=Path, default=None, help=f"weights folder (default ${MODELS_DIR_VARIABLE} or ~/.cache/icm_models)"
     )
-    _add_runtime_options(demo)
+    add_runtime_options(demo)
     demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     add_evaluate_parser(commands)
     add_train_parser(commands)
@@ -65,7 +61,7 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def _run_convert(args: argparse.Namespace) -> int:
-    from .weights.decoder import convert_decoder
+    from ..weights.decoder import convert_decoder
 
     if args.target.suffix != ".safetensors":
         raise CommandError(f"the converted file must end in .safetensors, got {args.target.name}")
@@ -82,9 +78,7 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     models_dir = args.models_dir or default_models_dir()
     with tqdm(total=3, unit="image", desc="demo") as bar:
-        result = run_demo(
-            args.out, models_dir, args.device, DTYPES[args.dtype], progress=lambda done, total: bar.update(done - bar.n)
-        )
+        result = run_demo(args.out, models_dir, runtime(args), progress=lambda done, total: bar.update(done - bar.n))
     if not result.used_real_weights:
         banner = "!" * 100
         print(f"{banner}\n{UNTRAINED_WARNING.format(models_dir=models_dir)}\n{banner}", file=sys.stderr)

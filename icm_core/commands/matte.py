@@ -1,7 +1,7 @@
 """``python -m icm_core matte``: one reference (mask, points or a saved context) -> files and folders of targets.
 
 Every option and every file it names is checked by :func:`plan_matte` before a model is loaded; a mistake is one
-``error:`` line (see :mod:`icm_core.cli_checks`).
+``error:`` line (see :mod:`icm_core.commands.checks`).
 """
 
 from __future__ import annotations
@@ -14,15 +14,10 @@ from pathlib import Path
 import torch
 from tqdm import tqdm
 
-from . import cli_checks as checks
-from .cli_checks import CommandError
-from .config import ExtractionConfig
-from .context_io import FORMAT_TAG, describe_context, load_context, save_context
-from .file_safety import check_new_file, is_within, publish, staged
-from .fit import placement
-from .image_io import DEFAULT_MAX_IMAGE_PIXELS, read_image, read_mask, set_max_image_pixels
-from .images import to_mask, to_rgb
-from .loader import load_engine
+from ..io.context_files import FORMAT_TAG, describe_context, load_context, save_context
+from ..io.file_safety import check_new_file, is_within, publish, staged
+from ..fit import placement
+from ..io.images import DEFAULT_MAX_IMAGE_PIXELS, read_image, read_mask, set_max_image_pixels, to_mask, to_rgb
 from .matte_job import (
     IMAGE_READ_ERRORS,
     JobSettings,
@@ -33,12 +28,13 @@ from .matte_job import (
     output_folder,
     run_job,
 )
-from .outputs import OUTPUT_KINDS, parse_colour
-from .pipeline import IconMatting, ReferenceContext, RefinementConfig
-from .prompts import ExpansionConfig, Point, parse_points, point_cells
-from .weights.decoder import load_decoder
+from ..outputs import OUTPUT_KINDS, parse_color
+from ..pipeline import IconMatting, ReferenceContext, RefinementConfig
+from ..prompts import ExpansionConfig, Point, parse_points, point_cells
+from . import checks
+from .checks import CommandError
+from .options import add_extraction_options, add_runtime_options, build_engine
 
-DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
 KIND_ALIASES = {"fg": "foreground"}
 NOMINAL_GRID = 48  # token grid used to check points against a crop before the model (and its size) is known
 
@@ -74,17 +70,14 @@ def add_matte_parser(commands: argparse._SubParsersAction) -> None:
     output.add_argument("--fit", choices=("stretch", "pad", "crop"), default="stretch", help="how images reach 768²")
     output.add_argument("--refine", action="store_true", help="full-resolution guided-filter edge refinement")
     output.add_argument("--background-color", default="#000000", help="composite background, #rrggbb or r,g,b")
-    output.add_argument("--no-colour-estimation", action="store_true", help="use image colours for fg/rgba/composite")
+    output.add_argument("--no-color-estimation", action="store_true", help="use image colors for fg/rgba/composite")
+    output.add_argument("--no-colour-estimation", action=checks.DeprecatedFlag, dest="no_color_estimation",
+                        replacement="--no-color-estimation", help=argparse.SUPPRESS)
     run = matte.add_argument_group("model")
     run.add_argument("--seed", type=checks.seed, default=0, help="noise seed in 0..2**64-1 (default 0)")
-    run.add_argument("--ensemble", type=checks.int_range(1), default=4, help="noisy copies per image (default 4)")
-    run.add_argument("--timestep", type=checks.int_range(0, 999), default=200, help="diffusion timestep 0..999 (default 200)")
+    add_extraction_options(run, ensemble_default=4)
     run.add_argument("--batch-size", type=checks.int_range(1), default=4, help="targets per UNet pass (default 4)")
-    run.add_argument("--device", type=checks.device, default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
-    run.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="UNet/VAE weight precision (default fp32)")
-    run.add_argument("--autocast", choices=("bf16", "fp16"), default=None,
-                     help="run VAE/UNet under autocast in this precision (bf16 runs as fp16; norms, softmax, decoder stay fp32)")
-    run.add_argument("--channels-last", action="store_true", help="channels-last UNet (faster convolutions on GPUs)")
+    add_runtime_options(run)
     matte.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     matte.set_defaults(handler=run_matte_command)
 
@@ -222,7 +215,7 @@ def plan_matte(args: argparse.Namespace) -> MattePlan:
         CommandError, UnsafeOutputError, OutputCollisionError: a user mistake, with how to fix it.
     """
     kinds = _kinds(args.save)
-    background = _value(parse_colour, args.background_color, "--background-color")
+    background = _value(parse_color, args.background_color, "--background-color")
     if args.max_image_pixels is not None:
         set_max_image_pixels(args.max_image_pixels)
     reference, mask, positive, negative, context = _prompt(args)
@@ -238,21 +231,9 @@ def plan_matte(args: argparse.Namespace) -> MattePlan:
         fit=args.fit,
         refinement=RefinementConfig() if args.refine else None,
         background=background,
-        estimate_colours=not args.no_colour_estimation,
+        estimate_colors=not args.no_color_estimation,
     )
     return MattePlan(kinds, targets, settings, reference, mask, positive, negative, context)
-
-
-def _engine(args: argparse.Namespace) -> IconMatting:
-    try:
-        decoder = load_decoder(args.decoder)  # first: its image size fixes the extraction size (768 for the release)
-        extraction = ExtractionConfig(args.timestep, args.ensemble, decoder.config.image_size)
-        return load_engine(
-            args.sd, decoder, device=args.device, dtype=DTYPES[args.dtype], extraction=extraction,
-            autocast_dtype=DTYPES[args.autocast] if args.autocast else None, channels_last=args.channels_last,
-        )
-    except (ValueError, FileNotFoundError) as error:  # weights missing, damaged or of another model
-        raise CommandError(str(error)) from error
 
 
 def _reference_context(engine: IconMatting, plan: MattePlan, args: argparse.Namespace) -> ReferenceContext:
@@ -280,7 +261,7 @@ def _save_context(context: ReferenceContext, target: Path, overwrite: bool) -> N
 def run_matte_command(args: argparse.Namespace) -> int:
     plan = plan_matte(args)
     with output_folder(args.out):  # locked before any model loads: a second run on OUT is refused at once
-        engine = _engine(args)
+        engine = build_engine(args)
         context = _reference_context(engine, plan, args)
         if args.save_context is not None:
             _save_context(context, args.save_context, args.overwrite)

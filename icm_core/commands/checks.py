@@ -39,6 +39,18 @@ class OneLineArgumentParser(argparse.ArgumentParser):
         fail(f"{self.prog}: {message} (see '{self.prog} --help')")
 
 
+class DeprecatedFlag(argparse.Action):
+    """A former spelling of a flag: hidden from ``--help``, sets the new flag's value, prints a warning."""
+
+    def __init__(self, option_strings, dest, replacement: str, **kwargs) -> None:  # noqa: ANN001 - argparse's
+        super().__init__(option_strings, dest, nargs=0, default=False, **kwargs)
+        self.replacement = replacement
+
+    def __call__(self, parser, namespace, values, option_string=None) -> None:  # noqa: ANN001 - argparse's
+        print(f"warning: {option_string} is deprecated; use {self.replacement}", file=sys.stderr)
+        setattr(namespace, self.dest, True)
+
+
 def _integer(text: str, what: str) -> int:
     try:
         return int(text.strip().replace("_", ""), 10)

@@ -14,14 +14,15 @@ import numpy as np
 import torch
 from PIL import Image, ImageDraw
 
-from .image_io import read_image, read_mask, save_image_atomic, to_uint8
-from .loader import find_default_weights, load_engine
-from .pipeline import IconMatting, ProgressCallback
-from .tiny import build_tiny_engine
+from ..io.images import read_image, read_mask, save_image_atomic, to_uint8
+from ..loader import find_default_weights, load_engine
+from ..pipeline import IconMatting, ProgressCallback
+from ..tiny import build_tiny_engine
+from .options import Runtime
 
 logger = logging.getLogger(__name__)
 
-SAMPLES_DIR = Path(__file__).resolve().parent / "assets" / "samples"
+SAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples"
 TARGET_NAMES = ("target_1", "target_2", "target_3")
 UNTRAINED_WARNING = (
     "NO REAL WEIGHTS FOUND in {models_dir}: running a tiny UNTRAINED random model. The mattes below are NOT real "
@@ -43,17 +44,19 @@ class DemoResult:
 def run_demo(
     output_dir: Path,
     models_dir: Path,
-    device: str = "cpu",
-    dtype: torch.dtype = torch.float32,
+    run: Runtime = Runtime(),
     progress: ProgressCallback | None = None,
 ) -> DemoResult:
     """Encode the sample reference once, matte the three sample targets, write alphas and an overview image."""
     weights = find_default_weights(models_dir)
     if weights is None:
         logger.warning(UNTRAINED_WARNING.format(models_dir=models_dir))
-        engine: IconMatting = build_tiny_engine(image_size=256, device=device)
+        engine: IconMatting = build_tiny_engine(image_size=256, device=run.device)
     else:
-        engine = load_engine(weights.stable_diffusion, weights.decoder, device=device, dtype=dtype)
+        engine = load_engine(
+            weights.stable_diffusion, weights.decoder, device=run.device, dtype=run.dtype,
+            autocast_dtype=run.autocast_dtype, channels_last=run.channels_last,
+        )
     reference = read_image(SAMPLES_DIR / "reference.png")
     mask = read_mask(SAMPLES_DIR / "reference_mask.png")
     targets = [read_image(SAMPLES_DIR / f"{name}.png") for name in TARGET_NAMES]
