@@ -1,4 +1,4 @@
-"""Command line: ``python -m icm_core {matte,convert,demo,evaluate,train}`` (matte: see matte_command.py)."""
+"""Command line: ``python -m icm_core {matte,matte-dataset,convert,demo,evaluate,train}`` (matte: see matte_command.py)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,7 @@ from .loader import MODELS_DIR_VARIABLE, default_models_dir
 from .matte_command import DTYPES, add_matte_parser
 from .matte_job import OutputCollisionError
 from .pipeline import EmptyReferenceError
+from .scale.command import add_dataset_parser
 from .training.commands import add_train_parser
 from .training.state import TrainingStateError
 from .weights.checkpoint_io import CheckpointError
@@ -45,6 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     add_matte_parser(commands)
+    add_dataset_parser(commands)
 
     convert = commands.add_parser("convert", help="convert a decoder checkpoint to .safetensors (checked)")
     convert.add_argument("source", type=Path, help="decoder checkpoint (.pth/.ckpt/.safetensors)")

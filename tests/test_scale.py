@@ -1,0 +1,213 @@
+"""Dataset-scale matting on Ray Data: same names and bits as the local ``matte``, exactly once, resumable.
+
+The cluster is a local one (2 CPUs, no dashboard, loopback) shared by the whole test session; the engine is the tiny
+one written by tests/tiny_files.py.
+"""
+
+from __future__ import annotations
+
+import os
+import signal
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from icm_core import cli
+from icm_core.cli_checks import CommandError
+from icm_core.file_safety import is_partial_name, partial_path
+from icm_core.matte_job import JobSettings, OutputCollisionError, collect_targets
+from icm_core.scale.inputs import collect_sources
+
+from tests.tiny_files import write_tiny_weights
+
+REPO = Path(__file__).resolve().parents[1]
+RAY_MISSING = "ray[data] is not installed (pip install -r requirements-scale.txt)"
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """One local Ray cluster for the session: 2 CPUs, no dashboard, loopback only; shut down at the end."""
+    ray = pytest.importorskip("ray", reason=RAY_MISSING)
+    pytest.importorskip("ray.data", reason=RAY_MISSING)
+    path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
+    ray.init(
+        num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False,
+        log_to_driver=False, runtime_env={"env_vars": {"PYTHONPATH": path}},
+    )  # fmt: skip
+    ray.data.DataContext.get_current().enable_progress_bars = False
+    yield ray
+    ray.shutdown()
+    assert not ray.is_initialized()
+
+
+@pytest.fixture()
+def one_thread():
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # the actors run one torch thread each: same reductions, same bits
+    yield
+    torch.set_num_threads(previous)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory) -> dict[str, Path]:
+    root = tmp_path_factory.mktemp("scale")
+    sd, decoder = write_tiny_weights(root / "weights")
+    data = root / "data"
+    for i, (height, width) in enumerate([(70, 90), (96, 64), (81, 113), (64, 64), (100, 77)]):
+        folder = data / "sub" if i % 2 else data
+        folder.mkdir(parents=True, exist_ok=True)
+        pixels = np.random.default_rng(i).integers(0, 256, (height, width, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(folder / (f"im{i}.png" if i == 3 else f"im{i}.jpg"))
+    (data / "broken.png").write_bytes(b"not a png")
+    reference = root / "ref"
+    reference.mkdir()
+    Image.fromarray(np.random.default_rng(9).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(reference / "r.png")
+    mask = np.zeros((90, 120), np.uint8)
+    mask[15:75, 25:95] = 255
+    Image.fromarray(mask).save(reference / "m.png")
+    return {"sd": sd, "decoder": decoder, "data": data, "ref": reference / "r.png", "mask": reference / "m.png"}
+
+
+def _common(files, out: Path, *extra: str) -> list[str]:
+    return ["--sd", str(files["sd"]), "--decoder", str(files["decoder"]), "--reference", str(files["ref"]),
+            "--reference-mask", str(files["mask"]), "--out", str(out), "--ensemble", "2", "--batch-size", "2",
+            "--seed", "5", "--save", "alpha,rgba", *extra]  # fmt: skip
+
+
+def _tree(root: Path, skip: tuple[str, ...] = ("manifest.parquet",)) -> dict[str, bytes]:
+    return {
+        p.relative_to(root).as_posix(): p.read_bytes() for p in sorted(root.rglob("*")) if p.is_file()
+        and p.name not in skip
+    }  # fmt: skip
+
+
+def _manifest(out: Path) -> list[dict]:
+    import pyarrow.parquet as pq
+
+    return pq.read_table(out / "manifest.parquet").to_pylist()
+
+
+def test_missing_ray_is_one_line_error_and_core_never_imports_ray(tmp_path, files):
+    script = (
+        "import sys\n"
+        "import icm_core.cli, icm_core.pipeline, icm_core.scale.command\n"
+        "assert 'ray' not in sys.modules, 'importing the core or the command imported ray'\n"
+        "sys.modules['ray'] = None  # ray made unimportable\n"
+        f"sys.exit(icm_core.cli.main(['matte-dataset', {str(files['data'])!r}, *{_common(files, tmp_path / 'o')!r}]))\n"
+    )
+    done = subprocess.run([sys.executable, "-c", script], cwd=REPO, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2, done.stderr
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1, lines
+    assert lines[0].startswith("error: matte-dataset needs Ray Data, which is not installed")
+    assert 'install it with: pip install "ray[data]>=2.40,<3"' in lines[0]
+    assert not (tmp_path / "o").exists()
+
+
+def test_sources_are_named_like_the_local_command(tmp_path, files):
+    data = files["data"]
+    local = {t.path.as_posix(): t.relative.as_posix() for t in collect_targets([data])}
+    assert {s.location: s.relative.as_posix() for s in collect_sources([str(data)])} == local
+    as_uri = {s.location.removeprefix("file://"): s.relative.as_posix() for s in collect_sources([data.as_uri()])}
+    assert as_uri == local
+    globbed = collect_sources([f"{data}/**/*.jpg"])
+    assert {s.relative.as_posix() for s in globbed} == {"im0.jpg.png", "sub/im1.jpg.png", "im2.jpg.png", "im4.jpg.png"}
+    listing = data.parent / "list.txt"
+    listing.write_text(f"# a list\n{data / 'im0.jpg'}\n\ndata/sub/im3.png\n")
+    named = [(Path(s.location).name, s.relative.as_posix()) for s in collect_sources([str(listing)])]
+    assert named == [("im0.jpg", "im0.jpg.png"), ("im3.png", "data/sub/im3.png")]
+    (tmp_path / "up.txt").write_text(f"{os.path.relpath(data / 'im0.jpg', tmp_path)}\n")
+    with pytest.raises(CommandError, match=r"up.txt line 1: \.\./.*im0.jpg does not lie below the list file's folder"):
+        collect_sources([str(tmp_path / "up.txt")])
+    with pytest.raises(OutputCollisionError, match="1 output name collision"):
+        collect_sources([str(data / "im0.jpg"), f"{data}/im0.*"])
+
+
+def test_bit_identical_to_local_matte_with_manifest(tmp_path, files, ray_cluster, one_thread, capsys):
+    assert cli.main(["matte", str(files["data"]), *_common(files, tmp_path / "local")]) == 1  # broken.png fails
+    assert cli.main(["matte-dataset", str(files["data"]), *_common(files, tmp_path / "ray")]) == 1
+    local, scaled = _tree(tmp_path / "local"), _tree(tmp_path / "ray")
+    assert len(local) == 10 and local.keys() == scaled.keys()
+    assert [name for name in local if local[name] != scaled[name]] == []  # byte for byte
+    assert "failed: " + str(files["data"] / "broken.png") in capsys.readouterr().err
+    rows = _manifest(tmp_path / "ray")
+    assert [row["index"] for row in rows] == list(range(6))
+    assert {row["relative"]: row["status"] for row in rows} == {
+        "broken.png": "failed", "im0.jpg.png": "written", "im2.jpg.png": "written", "im4.jpg.png": "written",
+        "sub/im1.jpg.png": "written", "sub/im3.png": "written",
+    }  # fmt: skip
+    written = [row for row in rows if row["status"] == "written"]
+    for row in written:
+        assert row["outputs"] == [str(tmp_path / "ray" / kind / row["relative"]) for kind in ("alpha", "rgba")]
+        assert row["error"] is None and row["seconds"] > 0 and row["run"]
+        assert row["seconds"] == pytest.approx(row["decode_seconds"] + row["matte_seconds"] + row["write_seconds"])
+    [broken] = [row for row in rows if row["status"] == "failed"]
+    assert broken["outputs"] == [] and "cannot identify image file" in broken["error"]
+
+
+def test_resume_redoes_only_missing_or_damaged_outputs(tmp_path, files, ray_cluster, one_thread, capsys):
+    out = tmp_path / "out"
+    args = ["matte-dataset", str(files["data"]), *_common(files, out)]
+    cli.main(args)
+    before = _tree(out)
+    first = {row["input"]: row for row in _manifest(out)}
+    (out / "alpha" / "im2.jpg.png").unlink()
+    (out / "rgba" / "sub" / "im1.jpg.png").write_bytes(before["rgba/sub/im1.jpg.png"][:100])  # truncated
+    capsys.readouterr()
+    with pytest.raises(SystemExit):
+        cli.main(args)  # outputs exist: refused, nothing touched
+    assert capsys.readouterr().err.startswith("error: 10 output file(s) already exist")
+    assert cli.main([*args, "--resume"]) == 1
+    assert _tree(out) == before
+    rows = {row["input"]: row for row in _manifest(out)}
+    assert rows.keys() == first.keys()
+    redone = sorted(Path(k).name for k, row in rows.items() if row["run"] != first[k]["run"] and row["status"] == "written")
+    assert redone == ["im1.jpg", "im2.jpg"]
+    assert "wrote 2, skipped 3 (already done), failed 1" in capsys.readouterr().out
+
+
+class KillOnce:
+    """Inside the actor: after the first output is written, leave a partial file and SIGKILL the actor process."""
+
+    def __init__(self, marker: Path, partial_folder: Path) -> None:
+        self.marker, self.partial_folder = marker, partial_folder
+
+    def __call__(self, index: int) -> None:
+        try:
+            handle = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
+        except FileExistsError:
+            return  # killed once already: this is the restarted actor
+        os.write(handle, str(os.getpid()).encode())
+        os.close(handle)
+        partial_path(self.partial_folder / "im0.jpg.png")  # as if killed in the middle of a write
+        os.kill(os.getpid(), signal.SIGKILL)
+
+
+def test_actor_killed_mid_run_every_input_exactly_once(tmp_path, files, ray_cluster, one_thread):
+    from icm_core.context_io import load_context  # noqa: F401  (the context comes from the local command below)
+    from icm_core.scale.dataset import EngineSpec, Resources
+    from icm_core.scale.job import run_dataset
+
+    reference_out, context_file = tmp_path / "local", tmp_path / "context.safetensors"
+    assert cli.main(["matte", str(files["data"]), *_common(files, reference_out), "--save-context", str(context_file)]) == 1
+    context = load_context(context_file)
+    sources = collect_sources([str(files["data"])])
+    out, marker = tmp_path / "killed", tmp_path / "killed.pid"
+    settings = JobSettings(kinds=("alpha", "rgba"), seed=5, batch_size=2)
+    spec = EngineSpec(str(files["sd"]), str(files["decoder"]), ensemble=2)
+    report = run_dataset(sources, context, spec, out, settings, Resources(actors=1),
+                         after_write=KillOnce(marker, out / "alpha"))  # fmt: skip
+    killed = int(marker.read_text())
+    workers = {row["worker"].split(":")[1] for row in report.rows if row["worker"]}
+    assert str(killed) not in workers and len(workers) == 1  # every row came from the restarted actor
+    assert [row["index"] for row in report.rows] == list(range(6))
+    assert [row["status"] for row in report.rows].count("written") == 5 and len(report.failed) == 1
+    assert report.removed_partials == 1
+    assert not [p for p in out.rglob("*") if is_partial_name(p.name)]
+    assert _tree(out) == _tree(reference_out, skip=("manifest.parquet", "context.safetensors"))
+    assert len(_manifest(out)) == 6
