@@ -6,6 +6,7 @@ one written by tests/tiny_files.py.
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -53,24 +54,46 @@ def one_thread():
     torch.set_num_threads(previous)
 
 
+def _sharp_decoder(sd: Path, decoder_file: Path, image: torch.Tensor) -> Path:
+    """The tiny decoder with its logits centred and scaled x300: alphas spread over [0, 1], so a float difference of
+    one rounding step in the features changes some 8-bit pixels (the untrained one is nearly constant)."""
+    from icm_core.config import ExtractionConfig
+    from icm_core.loader import load_engine
+    from icm_core.weights.decoder import load_decoder, save_decoder
+
+    decoder = load_decoder(decoder_file)
+    engine = load_engine(sd, decoder, extraction=ExtractionConfig(200, 2, decoder.config.image_size))
+    mask = torch.zeros(image.shape[1:])
+    mask[16:-16, 16:-16] = 1.0
+    mean = float(engine.matte(engine.encode_reference(image, mask), image)[0].mean())
+    with torch.no_grad():
+        head = decoder.matting_head.out
+        head.bias.sub_(math.log(mean / (1.0 - mean))).mul_(300.0)
+        head.weight.mul_(300.0)
+    save_decoder(decoder, decoder_file.with_name("sharp-decoder.safetensors"))
+    return decoder_file.with_name("sharp-decoder.safetensors")
+
+
 @pytest.fixture(scope="module")
 def files(tmp_path_factory) -> dict[str, Path]:
     root = tmp_path_factory.mktemp("scale")
     sd, decoder = write_tiny_weights(root / "weights")
     data = root / "data"
-    for i, (height, width) in enumerate([(70, 90), (96, 64), (81, 113), (64, 64), (100, 77)]):
+    for i, (height, width) in enumerate([(400, 480), (430, 420), (390, 500), (420, 420), (450, 410)]):
         folder = data / "sub" if i % 2 else data
         folder.mkdir(parents=True, exist_ok=True)
-        pixels = np.random.default_rng(i).integers(0, 256, (height, width, 3), dtype=np.uint8)
-        Image.fromarray(pixels).save(folder / (f"im{i}.png" if i == 3 else f"im{i}.jpg"))
-    (data / "broken.png").write_bytes(b"not a png")
+        pixels = np.random.default_rng(i).integers(0, 256, (height // 10, width // 10, 3), dtype=np.uint8)
+        image = Image.fromarray(pixels).resize((width, height), Image.BILINEAR)  # smooth: mattes with real edges
+        image.save(folder / (f"im{i}.png" if i == 3 else f"im{i}.jpg"))
+    (data / "zz-broken.png").write_bytes(b"not a png")  # last: the readable micro-batches match the local run's
     reference = root / "ref"
     reference.mkdir()
     Image.fromarray(np.random.default_rng(9).integers(0, 256, (90, 120, 3), dtype=np.uint8)).save(reference / "r.png")
     mask = np.zeros((90, 120), np.uint8)
     mask[15:75, 25:95] = 255
     Image.fromarray(mask).save(reference / "m.png")
-    return {"sd": sd, "decoder": decoder, "data": data, "ref": reference / "r.png", "mask": reference / "m.png"}
+    sharp = _sharp_decoder(sd, decoder, torch.rand(3, 128, 128, generator=torch.Generator().manual_seed(0)))
+    return {"sd": sd, "decoder": sharp, "data": data, "ref": reference / "r.png", "mask": reference / "m.png"}
 
 
 def _common(files, out: Path, *extra: str) -> list[str]:
@@ -134,11 +157,11 @@ def test_bit_identical_to_local_matte_with_manifest(tmp_path, files, ray_cluster
     local, scaled = _tree(tmp_path / "local"), _tree(tmp_path / "ray")
     assert len(local) == 10 and local.keys() == scaled.keys()
     assert [name for name in local if local[name] != scaled[name]] == []  # byte for byte
-    assert "failed: " + str(files["data"] / "broken.png") in capsys.readouterr().err
+    assert "failed: " + str(files["data"] / "zz-broken.png") in capsys.readouterr().err
     rows = _manifest(tmp_path / "ray")
     assert [row["index"] for row in rows] == list(range(6))
     assert {row["relative"]: row["status"] for row in rows} == {
-        "broken.png": "failed", "im0.jpg.png": "written", "im2.jpg.png": "written", "im4.jpg.png": "written",
+        "zz-broken.png": "failed", "im0.jpg.png": "written", "im2.jpg.png": "written", "im4.jpg.png": "written",
         "sub/im1.jpg.png": "written", "sub/im3.png": "written",
     }  # fmt: skip
     written = [row for row in rows if row["status"] == "written"]
