@@ -128,7 +128,7 @@ def test_missing_ray_is_one_line_error_and_core_never_imports_ray(tmp_path, file
     lines = done.stderr.strip().splitlines()
     assert len(lines) == 1, lines
     assert lines[0].startswith("error: matte-dataset needs Ray Data, which is not installed")
-    assert 'install it with: pip install "ray[data]>=2.40,<3"' in lines[0]
+    assert 'install it with: pip install "ray[data]>=2.60,<3"' in lines[0]
     assert not (tmp_path / "o").exists()
 
 

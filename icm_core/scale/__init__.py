@@ -14,7 +14,7 @@ from __future__ import annotations
 import importlib
 from types import ModuleType
 
-INSTALL_HINT = 'pip install "ray[data]>=2.40,<3"  (or: pip install -r requirements-scale.txt)'
+INSTALL_HINT = 'pip install "ray[data]>=2.60,<3"  (or: pip install -r requirements-scale.txt)'
 
 
 class ScaleDependencyError(ImportError):
