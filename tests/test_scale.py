@@ -234,3 +234,17 @@ def test_actor_killed_mid_run_every_input_exactly_once(tmp_path, files, ray_clus
     assert not [p for p in out.rglob("*") if is_partial_name(p.name)]
     assert _tree(out) == _tree(reference_out, skip=("manifest.parquet", "context.safetensors"))
     assert len(_manifest(out)) == 6
+
+
+def test_ray_is_an_extra_with_one_version_range_everywhere():
+    import tomllib
+
+    from icm_core.scale import INSTALL_HINT
+
+    [pin] = [line for line in (REPO / "requirements-scale.txt").read_text().splitlines() if line and line[0] != "#"]
+    extras = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]["optional-dependencies"]
+    assert extras["scale"] == [pin] == ["ray[data]>=2.60,<3"]
+    assert f'pip install "{pin}"' in INSTALL_HINT
+    dev = [line.split("#")[0].strip() for line in (REPO / "requirements-dev.txt").read_text().splitlines()]
+    assert "-r requirements-scale.txt" in dev  # CI and the README's test command install ray
+    assert "ray" not in (REPO / "requirements.txt").read_text().lower()  # ComfyUI users never install it

@@ -179,7 +179,7 @@ class MatteWorker:
             "index": group["index"][position], "input": group["input"][position],
             "relative": group["relative"][position], "status": "failed", "outputs": [], "error": None,
             "seconds": None, "decode_seconds": group["decode_seconds"][position], "matte_seconds": None,
-            "write_seconds": None, "worker": self.worker, "run": self.run,
+            "write_seconds": None, "worker": self.worker, "run": self.run, "finished": None,
         }  # fmt: skip
         row.update(values)
         return row
@@ -242,7 +242,7 @@ class MatteWorker:
         decode = group["decode_seconds"][position]
         return self._row(
             group, position, status="written", outputs=[str(p) for p in paths.values()],
-            seconds=decode + matte + write, matte_seconds=matte, write_seconds=write,
+            seconds=decode + matte + write, matte_seconds=matte, write_seconds=write, finished=time.time(),
         )  # fmt: skip
 
 

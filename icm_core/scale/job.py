@@ -53,7 +53,7 @@ def _kept_row(index: int, source: Source, previous: dict | None, out_dir: Path, 
     outputs = [str(p) for p in output_paths(out_dir, source, kinds).values()]
     row = dict(previous) if previous and previous["status"] == "written" else {
         "seconds": None, "decode_seconds": None, "matte_seconds": None, "write_seconds": None, "worker": None,
-        "run": None,
+        "run": None, "finished": None,
     }  # fmt: skip
     row.update(index=index, input=source.location, relative=source.relative.as_posix(), status="written",
                outputs=outputs, error=None)  # fmt: skip
@@ -64,7 +64,7 @@ def _lost_row(index: int, source: Source, run: str) -> dict:
     return {
         "index": index, "input": source.location, "relative": source.relative.as_posix(), "status": "failed",
         "outputs": [], "error": LOST, "seconds": None, "decode_seconds": None, "matte_seconds": None,
-        "write_seconds": None, "worker": None, "run": run,
+        "write_seconds": None, "worker": None, "run": run, "finished": None,
     }  # fmt: skip
 
 

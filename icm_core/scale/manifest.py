@@ -8,6 +8,7 @@ Columns (see :data:`SCHEMA`):
     seconds: decode + share of the micro-batch's matting + PNG encode/write; null for outputs found complete by
         ``--resume`` without a manifest row. decode_seconds, matte_seconds, write_seconds: the three parts.
     worker: ``host:pid`` of the actor that wrote the outputs.   run: UTC start time of the run that wrote them.
+    finished: Unix time (seconds) when the outputs were in place.
 
 While a run goes, rows are appended as parts (``OUT/manifest.parts/<run>-<n>.parquet``, each written atomically);
 at the end they are merged with the previous manifest into ``OUT/manifest.parquet`` (atomically) and the parts are
@@ -27,7 +28,7 @@ PARTS_FOLDER = "manifest.parts"
 STATUSES = ("written", "failed")
 COLUMNS = (
     "index", "input", "relative", "status", "outputs", "error", "seconds", "decode_seconds", "matte_seconds",
-    "write_seconds", "worker", "run",
+    "write_seconds", "worker", "run", "finished",
 )  # fmt: skip
 
 
@@ -38,7 +39,7 @@ def schema():  # noqa: ANN201 - a pyarrow schema (pyarrow comes with the scale e
         ("index", pa.int64()), ("input", pa.string()), ("relative", pa.string()), ("status", pa.string()),
         ("outputs", pa.list_(pa.string())), ("error", pa.string()), ("seconds", pa.float64()),
         ("decode_seconds", pa.float64()), ("matte_seconds", pa.float64()), ("write_seconds", pa.float64()),
-        ("worker", pa.string()), ("run", pa.string()),
+        ("worker", pa.string()), ("run", pa.string()), ("finished", pa.float64()),
     ])  # fmt: skip
 
 
