@@ -18,7 +18,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "icm_core"
 PACKAGE = PACKAGE_DIR.name
 FORBIDDEN_ROOTS = frozenset({"comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes", "execution"})
 # The command line may print: cli.py and the per-command modules it dispatches to.
-PRINT_ALLOWED = frozenset({"cli.py", "cli_checks.py", "__main__.py", "matte_command.py", "evaluation/commands.py", "training/commands.py"})  # relative to icm_core/
+PRINT_ALLOWED = frozenset({"cli.py", "cli_checks.py", "__main__.py", "matte_command.py", "evaluation/commands.py", "training/commands.py", "scale/command.py"})  # relative to icm_core/
 DYNAMIC_IMPORTERS = frozenset({"import_module", "__import__"})
 
 
