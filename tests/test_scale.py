@@ -194,17 +194,23 @@ def test_resume_redoes_only_missing_or_damaged_outputs(tmp_path, files, ray_clus
     assert "wrote 2, skipped 3 (already done), failed 1" in capsys.readouterr().out
 
 
-class KillOnce:
-    """Inside the actor: after the first output is written, leave a partial file and SIGKILL the actor process."""
+class Kills:
+    """Inside the actor, after an input's outputs are written: the first time ever, leave a partial file and
+    SIGKILL the actor process (its pid, from inside, goes to ``marker``); and every time input ``poison`` is done,
+    SIGKILL it again (a micro-batch that kills its actor on every attempt)."""
 
-    def __init__(self, marker: Path, partial_folder: Path) -> None:
-        self.marker, self.partial_folder = marker, partial_folder
+    def __init__(self, marker: Path, partial_folder: Path, poison: int, log: Path) -> None:
+        self.marker, self.partial_folder, self.poison, self.log = marker, partial_folder, poison, log
 
     def __call__(self, index: int) -> None:
+        if index == self.poison:
+            with open(self.log, "a") as handle:
+                handle.write(f"{os.getpid()}\n")
+            os.kill(os.getpid(), signal.SIGKILL)
         try:
             handle = os.open(self.marker, os.O_CREAT | os.O_EXCL | os.O_WRONLY)
         except FileExistsError:
-            return  # killed once already: this is the restarted actor
+            return  # killed once already: this is a restarted actor
         os.write(handle, str(os.getpid()).encode())
         os.close(handle)
         partial_path(self.partial_folder / "im0.jpg.png")  # as if killed in the middle of a write
@@ -212,28 +218,32 @@ class KillOnce:
 
 
 def test_actor_killed_mid_run_every_input_exactly_once(tmp_path, files, ray_cluster, one_thread):
-    from icm_core.context_io import load_context  # noqa: F401  (the context comes from the local command below)
+    from icm_core.context_io import load_context
     from icm_core.scale.dataset import EngineSpec, Resources
-    from icm_core.scale.job import run_dataset
+    from icm_core.scale.job import LOST, run_dataset
 
     reference_out, context_file = tmp_path / "local", tmp_path / "context.safetensors"
     assert cli.main(["matte", str(files["data"]), *_common(files, reference_out), "--save-context", str(context_file)]) == 1
-    context = load_context(context_file)
-    sources = collect_sources([str(files["data"])])
-    out, marker = tmp_path / "killed", tmp_path / "killed.pid"
-    settings = JobSettings(kinds=("alpha", "rgba"), seed=5, batch_size=2)
-    spec = EngineSpec(str(files["sd"]), str(files["decoder"]), ensemble=2)
-    report = run_dataset(sources, context, spec, out, settings, Resources(actors=1),
-                         after_write=KillOnce(marker, out / "alpha"))  # fmt: skip
+    sources = collect_sources([str(files["data"])])  # im0, im2 | im4, sub/im1 | sub/im3, zz-broken (micro-batches)
+    out, marker, log = tmp_path / "killed", tmp_path / "killed.pid", tmp_path / "poison.txt"
+    report = run_dataset(
+        sources, load_context(context_file), EngineSpec(str(files["sd"]), str(files["decoder"]), ensemble=2), out,
+        JobSettings(kinds=("alpha", "rgba"), seed=5, batch_size=2), Resources(actors=1, retries=1),
+        after_write=Kills(marker, out / "alpha", poison=2, log=log),
+    )  # fmt: skip
     killed = int(marker.read_text())
-    workers = {row["worker"].split(":")[1] for row in report.rows if row["worker"]}
-    assert str(killed) not in workers and len(workers) == 1  # every row came from the restarted actor
-    assert [row["index"] for row in report.rows] == list(range(6))
-    assert [row["status"] for row in report.rows].count("written") == 5 and len(report.failed) == 1
-    assert report.removed_partials == 1
-    assert not [p for p in out.rglob("*") if is_partial_name(p.name)]
-    assert _tree(out) == _tree(reference_out, skip=("manifest.parquet", "context.safetensors"))
-    assert len(_manifest(out)) == 6
+    assert str(killed) not in {row["worker"].split(":")[1] for row in report.rows if row["worker"]}
+    assert len(log.read_text().split()) >= 1  # the poisoned micro-batch was tried (a kill of the actor also costs its
+    # queued micro-batch one of its retries), then given up
+    assert [row["index"] for row in report.rows] == list(range(6)) and len(_manifest(out)) == 6
+    statuses = {row["relative"]: (row["status"], row["error"]) for row in report.rows}
+    assert statuses["sub/im1.jpg.png"] == ("failed", LOST)  # its actor died on every attempt before its write
+    assert statuses["zz-broken.png"][0] == "failed" and "cannot identify" in statuses["zz-broken.png"][1]
+    written = [name for name, (status, _) in statuses.items() if status == "written"]
+    assert sorted(written) == ["im0.jpg.png", "im2.jpg.png", "im4.jpg.png", "sub/im3.png"]  # im4: complete outputs
+    assert report.removed_partials == 1 and not [p for p in out.rglob("*") if is_partial_name(p.name)]
+    expected = {name: data for name, data in _tree(reference_out).items() if not name.endswith("sub/im1.jpg.png")}
+    assert _tree(out) == expected  # every other output byte for byte (im4's written before each kill)
 
 
 def test_ray_is_an_extra_with_one_version_range_everywhere():
@@ -248,3 +258,4 @@ def test_ray_is_an_extra_with_one_version_range_everywhere():
     dev = [line.split("#")[0].strip() for line in (REPO / "requirements-dev.txt").read_text().splitlines()]
     assert "-r requirements-scale.txt" in dev  # CI and the README's test command install ray
     assert "ray" not in (REPO / "requirements.txt").read_text().lower()  # ComfyUI users never install it
+

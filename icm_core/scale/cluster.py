@@ -60,7 +60,7 @@ def resources_for(ray, args: argparse.Namespace) -> Resources:  # noqa: ANN001
     actors = args.actors or (gpus if use_gpu else 1)
     return Resources(
         actors=actors, gpus_per_actor=1.0 if use_gpu else 0.0, cpus_per_actor=args.cpus_per_actor,
-        decode_cpus=args.decode_cpus, threads_per_actor=args.threads_per_actor,
+        decode_cpus=args.decode_cpus, threads_per_actor=args.threads_per_actor, retries=args.retries,
     )  # fmt: skip
 
 

@@ -74,6 +74,8 @@ def add_dataset_parser(commands: argparse._SubParsersAction) -> None:
     cluster.add_argument("--threads-per-actor", type=checks.int_range(1), default=1,
                          help="torch threads per actor (CPU matting; the same count as a local run gives the same bits)")
     cluster.add_argument("--decode-cpus", type=checks.positive_float, default=1.0, help="CPUs per decode task")
+    cluster.add_argument("--retries", type=checks.int_range(0), default=3,
+                         help="attempts after the first for a micro-batch whose actor dies (then listed as failed)")
     cluster.add_argument("--num-cpus", type=checks.int_range(1), default=None, help="CPUs of a local cluster")
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     parser.set_defaults(handler=run_dataset_command)

@@ -70,13 +70,15 @@ class EngineSpec:
 
 @dataclass(frozen=True)
 class Resources:
-    """Ray resources: actors in the pool and what each holds; CPUs per decode task; torch threads per actor."""
+    """Ray resources: actors in the pool and what each holds; CPUs per decode task; torch threads per actor;
+    attempts of a micro-batch after the first when its actor dies (then its inputs are listed as failed)."""
 
     actors: int = 1
     gpus_per_actor: float = 0.0
     cpus_per_actor: float = 1.0
     decode_cpus: float = 1.0
     threads_per_actor: int = 1
+    retries: int = 3
 
 
 def micro_batches(pending: Sequence[tuple[int, Source]], batch_size: int) -> list[dict]:
@@ -274,4 +276,5 @@ def build_dataset(
         },
         batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=resources.actors),
         num_gpus=resources.gpus_per_actor or None, num_cpus=resources.cpus_per_actor,
+        max_restarts=-1, max_task_retries=resources.retries,  # a killed actor restarts; a poisonous batch gives up
     )  # fmt: skip

@@ -22,7 +22,10 @@ from .manifest import PARTS_FOLDER, ManifestWriter, read_manifest
 
 logger = logging.getLogger(__name__)
 
-LOST = "no result came back from the workers (the pipeline ended without this input)"
+LOST = (
+    "no result came back: its micro-batch failed on every attempt (its actor died each time, e.g. out of memory, "
+    "or raised; the Ray Data log above says which); the other inputs went on"
+)
 
 
 @dataclass
@@ -105,18 +108,26 @@ def run_dataset(
     writer = ManifestWriter(out_dir, run)
     if pending:
         groups = micro_batches(pending, settings.batch_size)
-        dataset = build_dataset(
-            ray, groups, context, spec, out_dir, settings, resources, run, max_image_pixels, after_write
-        )
-        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-            fresh = [row for row in batch.to_pylist() if row["index"] not in rows]  # a retried batch: first wins
-            rows.update((row["index"], row) for row in fresh)
-            writer.add(fresh)
-            if progress is not None and fresh:
-                progress(len(fresh))
-    for index, source in pending:
+        context_settings = ray.data.DataContext.get_current()  # captured by the dataset when it is built
+        errored_blocks, context_settings.max_errored_blocks = context_settings.max_errored_blocks, -1
+        try:  # a micro-batch that fails on every attempt loses its rows, not the run (listed as failed below)
+            dataset = build_dataset(
+                ray, groups, context, spec, out_dir, settings, resources, run, max_image_pixels, after_write
+            )
+            for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+                fresh = [row for row in batch.to_pylist() if row["index"] not in rows]  # a retried batch: first wins
+                rows.update((row["index"], row) for row in fresh)
+                writer.add(fresh)
+                if progress is not None and fresh:
+                    progress(len(fresh))
+        finally:
+            context_settings.max_errored_blocks = errored_blocks
+    for index, source in pending:  # no result: complete outputs (written before a crash) count, as for --resume
         if index not in rows:
-            rows[index] = _lost_row(index, source, run)
+            complete = not source.is_uri and is_done(out_dir, source, settings.kinds)
+            rows[index] = _kept_row(index, source, None, out_dir, settings.kinds) if complete else _lost_row(
+                index, source, run
+            )
     for kind in KIND_MODES:  # partial files of a killed actor (its micro-batch was redone elsewhere)
         report.removed_partials += len(remove_stale_partials(out_dir / kind))
     report.manifest = writer.finish(rows.values())
