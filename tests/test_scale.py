@@ -11,6 +11,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
@@ -42,8 +43,54 @@ def ray_cluster():
     )  # fmt: skip
     ray.data.DataContext.get_current().enable_progress_bars = False
     yield ray
+    started = _descendants(os.getpid())  # GCS, raylet and the workers: all started by this process
     ray.shutdown()
     assert not ray.is_initialized()
+    left = _wait_gone(started, seconds=30.0)
+    for pid in left:  # only processes this session started, by id
+        os.kill(pid, signal.SIGKILL)
+    assert not left, f"Ray left processes running after shutdown: {left}"
+
+
+def _parents() -> dict[int, int]:
+    parents = {}
+    for entry in Path("/proc").iterdir():
+        if entry.name.isdigit():
+            try:
+                stat = (entry / "stat").read_text()
+            except OSError:
+                continue
+            parents[int(entry.name)] = int(stat.rsplit(")", 1)[1].split()[1])
+    return parents
+
+
+def _descendants(root: int) -> set[int]:
+    """Every process below ``root`` (Linux /proc; empty elsewhere)."""
+    if not Path("/proc/self/stat").exists():
+        return set()
+    parents, found, frontier = _parents(), set(), {root}
+    while frontier:
+        frontier = {pid for pid, parent in parents.items() if parent in frontier} - found
+        found |= frontier
+    return found
+
+
+def _alive(pid: int) -> bool:
+    try:
+        state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+    except OSError:
+        return False
+    return state != "Z"  # a zombie has exited (only its parent has not collected it yet)
+
+
+def _wait_gone(pids: set[int], seconds: float) -> list[int]:
+    deadline = time.monotonic() + seconds
+    while time.monotonic() < deadline:
+        left = sorted(pid for pid in pids if _alive(pid))
+        if not left:
+            return []
+        time.sleep(0.5)
+    return sorted(pid for pid in pids if _alive(pid))
 
 
 @pytest.fixture()
