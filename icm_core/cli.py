@@ -1,4 +1,4 @@
-"""Command line: ``python -m icm_core {matte,matte-dataset,convert,demo,evaluate,train}`` (matte: see matte_command.py)."""
+"""Command line: ``python -m icm_core {matte,matte-dataset,convert,demo,evaluate,train}`` (matte: matte_command.py)."""
 
 from __future__ import annotations
 

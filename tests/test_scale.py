@@ -33,9 +33,14 @@ RAY_MISSING = "ray[data] is not installed (pip install -r requirements-scale.txt
 
 @pytest.fixture(scope="session")
 def ray_cluster():
-    """One local Ray cluster for the session: 2 CPUs, no dashboard, loopback only; shut down at the end."""
-    ray = pytest.importorskip("ray", reason=RAY_MISSING)
-    pytest.importorskip("ray.data", reason=RAY_MISSING)
+    """One local Ray cluster for the session: 2 CPUs, no dashboard, node address 127.0.0.1; shut down at the end."""
+    try:
+        import ray
+        import ray.data  # noqa: F401
+    except ImportError:
+        if (os.environ.get("CI") or "").strip().lower() not in ("", "0", "false"):
+            pytest.fail(RAY_MISSING + "; CI installs it through requirements-dev.txt")
+        pytest.skip(RAY_MISSING)
     path = os.pathsep.join(p for p in (str(REPO), os.environ.get("PYTHONPATH", "")) if p)
     ray.init(
         num_cpus=2, include_dashboard=False, _node_ip_address="127.0.0.1", configure_logging=False,
@@ -280,8 +285,7 @@ def test_actor_killed_mid_run_every_input_exactly_once(tmp_path, files, ray_clus
     )  # fmt: skip
     killed = int(marker.read_text())
     assert str(killed) not in {row["worker"].split(":")[1] for row in report.rows if row["worker"]}
-    assert len(log.read_text().split()) >= 1  # the poisoned micro-batch was tried (a kill of the actor also costs its
-    # queued micro-batch one of its retries), then given up
+    assert len(log.read_text().split()) == 2  # the poisoned micro-batch: first attempt + one retry, then given up
     assert [row["index"] for row in report.rows] == list(range(6)) and len(_manifest(out)) == 6
     statuses = {row["relative"]: (row["status"], row["error"]) for row in report.rows}
     assert statuses["sub/im1.jpg.png"] == ("failed", LOST)  # its actor died on every attempt before its write

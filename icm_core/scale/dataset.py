@@ -260,7 +260,11 @@ def build_dataset(
     max_image_pixels: int | None = None,
     after_write: AfterWrite | None = None,
 ):  # noqa: ANN201 - a ray.data.Dataset of manifest rows
-    """The lazy pipeline (nothing runs until it is iterated)."""
+    """The lazy pipeline (nothing runs until it is iterated).
+
+    One micro-batch in flight per actor: an actor that dies costs only its running micro-batch an attempt (a
+    queued one would lose one too); the next decoded micro-batches wait in the object store meanwhile.
+    """
     context_ref = ray.put(context)  # shared through the object store: every actor gets the same tokens
     blocks = max(1, min(len(groups), 1000))
     dataset = ray.data.from_items(groups, override_num_blocks=blocks)
@@ -274,7 +278,7 @@ def build_dataset(
             "spec": spec, "context_ref": [context_ref], "out_dir": str(out_dir), "settings": settings, "run": run,
             "threads": resources.threads_per_actor, "after_write": after_write,
         },
-        batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=resources.actors),
+        batch_size=1, batch_format="pyarrow", compute=ray.data.ActorPoolStrategy(size=resources.actors, max_tasks_in_flight_per_actor=1),
         num_gpus=resources.gpus_per_actor or None, num_cpus=resources.cpus_per_actor,
         max_restarts=-1, max_task_retries=resources.retries,  # a killed actor restarts; a poisonous batch gives up
     )  # fmt: skip
