@@ -18,7 +18,7 @@ PACKAGE_DIR = Path(__file__).resolve().parents[1] / "icm_core"
 PACKAGE = PACKAGE_DIR.name
 FORBIDDEN_ROOTS = frozenset({"comfy", "comfy_api", "comfy_extras", "folder_paths", "server", "nodes", "execution"})
 # The command line may print: the commands package (cli.py and the per-command modules it dispatches to).
-PRINT_ALLOWED = frozenset({"__main__.py", "commands/cli.py", "commands/checks.py", "commands/matte.py", "commands/evaluate.py", "commands/train.py"})  # relative to icm_core/
+PRINT_ALLOWED = frozenset({"__main__.py", "commands/cli.py", "commands/checks.py", "commands/matte.py", "commands/evaluate.py", "commands/train.py", "scale/command.py"})  # relative to icm_core/
 DYNAMIC_IMPORTERS = frozenset({"import_module", "__import__"})
 
 

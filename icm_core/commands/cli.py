@@ -1,4 +1,5 @@
-"""Command line: ``python -m icm_core {matte,convert,demo,evaluate,train}`` (one module per command in this package)."""
+"""Command line: ``python -m icm_core {matte,matte-dataset,convert,demo,evaluate,train}`` (one module per command
+in this package; ``matte-dataset`` lives in :mod:`icm_core.scale`)."""
 
 from __future__ import annotations
 
@@ -24,6 +25,7 @@ from ..weights.checkpoint_io import CheckpointError
 from ..weights.decoder import DecoderCheckpointError
 from .evaluate import add_evaluate_parser
 from .matte import add_matte_parser
+from ..scale.command import add_dataset_parser
 from .options import add_runtime_options, runtime
 from .train import add_train_parser
 
@@ -41,6 +43,7 @@ def build_parser() -> argparse.ArgumentParser:
     commands = parser.add_subparsers(dest="command", required=True)
 
     add_matte_parser(commands)
+    add_dataset_parser(commands)
 
     convert = commands.add_parser("convert", help="convert a decoder checkpoint to .safetensors (checked)")
     convert.add_argument("source", type=Path, help="decoder checkpoint (.pth/.ckpt/.safetensors)")
