@@ -13,7 +13,7 @@ import torch
 REPO_ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO_ROOT / "tests" / "comfyui"))
 
-from comfy_fixtures import comfy, comfy_models, core_engines  # noqa: E402,F401  (ComfyUI session fixtures)
+from comfy_fixtures import comfy, comfy_models, core_engines, frontend  # noqa: E402,F401  (ComfyUI fixtures)
 
 GOLDEN_DIR = Path(os.environ.get("ICM_GOLDEN_DIR", REPO_ROOT.parent / "shared" / "golden"))
 GOLDEN_FILE = GOLDEN_DIR / "tiny_e2e.safetensors"

@@ -14,39 +14,16 @@ from pathlib import Path
 
 import pytest
 
-from comfy_fixtures import REPO, TEST_CHECKPOINT, TEST_DECODER, in_ci, require_comfyui, toolkit
-from comfy_frontend import Frontend, find_chromium
+from comfy_fixtures import REPO, TEST_CHECKPOINT, TEST_DECODER, require_browser, toolkit
 
 pytestmark = [pytest.mark.comfyui]
 SCREENSHOTS = os.environ.get("ICM_TEST_SCREENSHOTS")  # keep the browser check's screenshots and summary here
 
 
-def _require_browser() -> str:
-    require_comfyui()
-    chromium = find_chromium()
-    problem = None
-    if chromium is None:
-        problem = "no Chromium on PATH (apt-get install -y chromium)"
-    else:
-        try:
-            import playwright  # noqa: F401
-        except ImportError:
-            problem = "playwright is not installed (pip install playwright; never `playwright install`)"
-    if problem:
-        if in_ci():
-            pytest.fail(problem + "; CI must run the browser tests")
-        pytest.skip(problem)
-    return chromium
-
-
-@pytest.fixture(scope="module")
-def frontend(comfy):
-    with Frontend(comfy.url, _require_browser()) as page:
-        yield page
 
 
 def test_every_ui_workflow_opens_cleanly(comfy, tmp_path):
-    _require_browser()
+    require_browser()
     out = Path(SCREENSHOTS) if SCREENSHOTS else tmp_path / "browser_check"
     workflows = sorted(str(p) for p in (REPO / "workflows").glob("*.json"))
     check = subprocess.run(

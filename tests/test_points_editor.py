@@ -13,13 +13,12 @@ import io
 import json
 import os
 import time
-from pathlib import Path
 
 import pytest
 import torch
 
-from comfy_fixtures import REPO, TEST_CHECKPOINT, TEST_DECODER, in_ci, require_comfyui
-from comfy_frontend import Frontend, find_chromium
+from comfy_fixtures import REPO, TEST_CHECKPOINT, TEST_DECODER
+from comfy_frontend import Frontend
 
 WORKFLOW = REPO / "workflows" / "points_reference_matte.json"
 EXPAND_NODE = 5  # Expand Point Prompt in the workflow
@@ -69,28 +68,6 @@ def test_expansion_ui_boxes_are_exactly_the_mask(pack_module, fit_name):
 
 
 # ---------------------------------------------------------------------------------------------- in the browser
-def _require_browser() -> str:
-    require_comfyui()
-    chromium = find_chromium()
-    problem = None
-    if chromium is None:
-        problem = "no Chromium on PATH (apt-get install -y chromium)"
-    else:
-        try:
-            import playwright  # noqa: F401
-        except ImportError:
-            problem = "playwright is not installed (pip install playwright; never `playwright install`)"
-    if problem:
-        if in_ci():
-            pytest.fail(problem + "; CI must run the browser tests")
-        pytest.skip(problem)
-    return chromium
-
-
-@pytest.fixture(scope="module")
-def frontend(comfy):
-    with Frontend(comfy.url, _require_browser()) as page:
-        yield page
 
 
 def _workflow(positive: str = "[]", negative: str = "[]") -> dict:

@@ -50,7 +50,20 @@ def add_matte_parser(commands: argparse._SubParsersAction) -> None:
     matte.add_argument("--sd", required=True, type=Path, help="SD 2.1: diffusers folder or single .safetensors/.ckpt")
     matte.add_argument("--decoder", required=True, type=Path, help="IconMatting decoder (.pth/.ckpt/.safetensors)")
     matte.add_argument("--out", required=True, type=Path, help="output folder (never inside an input folder)")
-    prompt = matte.add_argument_group("reference (a mask, points, or a saved context)")
+    add_reference_options(matte)
+    add_output_options(matte)
+    run = matte.add_argument_group("model")
+    run.add_argument("--seed", type=checks.seed, default=0, help="noise seed in 0..2**64-1 (default 0)")
+    add_extraction_options(run, ensemble_default=4)
+    run.add_argument("--batch-size", type=checks.int_range(1), default=4, help="targets per UNet pass (default 4)")
+    add_runtime_options(run)
+    matte.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
+    matte.set_defaults(handler=run_matte_command)
+
+
+def add_reference_options(parser: argparse.ArgumentParser) -> None:
+    """The reference group: a mask, points or a saved context (shared with ``matte-dataset``)."""
+    prompt = parser.add_argument_group("reference (a mask, points, or a saved context)")
     prompt.add_argument("--reference", type=Path, help="reference image")
     prompt.add_argument("--reference-mask", type=Path, help="RoI mask of the reference (white = the thing)")
     prompt.add_argument("--reference-points", help='clicks on the thing: JSON [{"x": .., "y": ..}, ...] in pixels')
@@ -60,7 +73,12 @@ def add_matte_parser(commands: argparse._SubParsersAction) -> None:
                         help="mask cell coverage needed, in (0, 1] (1.0 = official)")
     prompt.add_argument("--context", type=Path, help="a saved reference context (.safetensors) instead of a reference")
     prompt.add_argument("--save-context", type=Path, help="also save the reference context to this new .safetensors file")
-    output = matte.add_argument_group("outputs")
+
+
+def add_output_options(parser: argparse.ArgumentParser) -> None:
+    """The outputs group: kinds, size limit, resume/overwrite, fit, refinement, composite colour (shared with
+    ``matte-dataset``)."""
+    output = parser.add_argument_group("outputs")
     output.add_argument("--save", default="alpha", help=f"comma list of {', '.join(OUTPUT_KINDS)} (fg = foreground)")
     output.add_argument("--max-image-pixels", type=checks.int_range(1), default=None,
                         help=f"largest image read, in pixels (default {DEFAULT_MAX_IMAGE_PIXELS:,} or $ICM_MAX_IMAGE_PIXELS)")
@@ -73,13 +91,6 @@ def add_matte_parser(commands: argparse._SubParsersAction) -> None:
     output.add_argument("--no-color-estimation", action="store_true", help="use image colors for fg/rgba/composite")
     output.add_argument("--no-colour-estimation", action=checks.DeprecatedFlag, dest="no_color_estimation",
                         replacement="--no-color-estimation", help=argparse.SUPPRESS)
-    run = matte.add_argument_group("model")
-    run.add_argument("--seed", type=checks.seed, default=0, help="noise seed in 0..2**64-1 (default 0)")
-    add_extraction_options(run, ensemble_default=4)
-    run.add_argument("--batch-size", type=checks.int_range(1), default=4, help="targets per UNet pass (default 4)")
-    add_runtime_options(run)
-    matte.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
-    matte.set_defaults(handler=run_matte_command)
 
 
 @dataclass(frozen=True)

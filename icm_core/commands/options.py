@@ -52,6 +52,11 @@ class Runtime:
 def add_runtime_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
     """``--device``, ``--dtype``, ``--autocast``, ``--channels-last``."""
     parser.add_argument("--device", type=checks.device, default="cpu", help="torch device, e.g. cpu, cuda, cuda:1 (default: cpu)")
+    add_precision_options(parser)
+
+
+def add_precision_options(parser: argparse.ArgumentParser | argparse._ArgumentGroup) -> None:
+    """``--dtype``, ``--autocast``, ``--channels-last`` (commands that place models themselves add their own device)."""
     parser.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="UNet/VAE weight precision (default fp32)")
     parser.add_argument("--autocast", choices=AUTOCAST_DTYPES, default=None,
                         help="run VAE/UNet under autocast in this precision (bf16 runs as fp16; norms, softmax, decoder stay fp32)")

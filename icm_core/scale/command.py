@@ -12,14 +12,13 @@ from pathlib import Path
 
 from ..commands import checks
 from ..commands import matte as local
-from ..commands.options import DTYPES
+from ..commands.options import add_extraction_options, add_precision_options
 from ..commands.checks import CommandError
 from ..io.file_safety import check_new_file, is_within
-from ..image_io import DEFAULT_MAX_IMAGE_PIXELS, set_max_image_pixels
+from ..image_io import set_max_image_pixels
 from ..commands.matte_job import JobSettings, check_output_folder, existing_outputs, output_folder
-from ..outputs import OUTPUT_KINDS, parse_color
+from ..outputs import parse_color
 from ..pipeline import RefinementConfig
-from ..prompts import ExpansionConfig
 from .inputs import collect_sources, input_folders
 from .manifest import MANIFEST_NAME
 
@@ -37,35 +36,13 @@ def add_dataset_parser(commands: argparse._SubParsersAction) -> None:
     parser.add_argument("--sd", required=True, type=Path, help="SD 2.1: diffusers folder or single .safetensors/.ckpt")
     parser.add_argument("--decoder", required=True, type=Path, help="IconMatting decoder (.pth/.ckpt/.safetensors)")
     parser.add_argument("--out", required=True, type=Path, help="output folder (shared by all workers)")
-    prompt = parser.add_argument_group("reference (a mask, points, or a saved context)")
-    prompt.add_argument("--reference", type=Path, help="reference image")
-    prompt.add_argument("--reference-mask", type=Path, help="RoI mask of the reference (white = the thing)")
-    prompt.add_argument("--reference-points", help='clicks on the thing: JSON [{"x": .., "y": ..}, ...] in pixels')
-    prompt.add_argument("--negative-points", default="", help="clicks on what is not the thing (same JSON)")
-    prompt.add_argument("--top-m", type=checks.int_range(0), default=ExpansionConfig().top_m, help="cells added per click")
-    prompt.add_argument("--min-coverage", type=checks.unit_fraction, default=1.0, help="mask cell coverage, in (0, 1]")
-    prompt.add_argument("--context", type=Path, help="a saved reference context (.safetensors)")
-    prompt.add_argument("--save-context", type=Path, help="also save the reference context to this new file")
-    output = parser.add_argument_group("outputs")
-    output.add_argument("--save", default="alpha", help=f"comma list of {', '.join(OUTPUT_KINDS)} (fg = foreground)")
-    output.add_argument("--max-image-pixels", type=checks.int_range(1), default=None,
-                        help=f"largest image read, in pixels (default {DEFAULT_MAX_IMAGE_PIXELS:,})")
-    output.add_argument("--resume", action="store_true", help="keep inputs whose outputs are complete; redo the rest")
-    output.add_argument("--overwrite", action="store_true", help="replace existing outputs (never an input)")
-    output.add_argument("--fit", choices=("stretch", "pad", "crop"), default="stretch", help="how images reach 768²")
-    output.add_argument("--refine", action="store_true", help="full-resolution guided-filter edge refinement")
-    output.add_argument("--background-color", default="#000000", help="composite background, #rrggbb or r,g,b")
-    output.add_argument("--no-color-estimation", action="store_true", help="use image colors for fg/rgba/composite")
-    output.add_argument("--no-colour-estimation", action=checks.DeprecatedFlag, dest="no_color_estimation",
-                        replacement="--no-color-estimation", help=argparse.SUPPRESS)
+    local.add_reference_options(parser)
+    local.add_output_options(parser)
     model = parser.add_argument_group("model")
     model.add_argument("--seed", type=checks.seed, default=0, help="noise seed in 0..2**64-1 (default 0)")
-    model.add_argument("--ensemble", type=checks.int_range(1), default=4, help="noisy copies per image (default 4)")
-    model.add_argument("--timestep", type=checks.int_range(0, 999), default=200, help="diffusion timestep (default 200)")
+    add_extraction_options(model, ensemble_default=4)
     model.add_argument("--batch-size", type=checks.int_range(1), default=4, help="targets per UNet pass (default 4)")
-    model.add_argument("--dtype", choices=sorted(DTYPES), default="fp32", help="UNet/VAE precision (default fp32)")
-    model.add_argument("--autocast", choices=("bf16", "fp16"), default=None, help="VAE/UNet autocast precision")
-    model.add_argument("--channels-last", action="store_true", help="channels-last UNet (faster on GPUs)")
+    add_precision_options(model)
     cluster = parser.add_argument_group("cluster")
     cluster.add_argument("--address", default=None, help="an existing Ray cluster (ray://host:10001 or host:6379); "
                          "default: start a local one on this machine")

@@ -144,6 +144,36 @@ def comfy(comfy_models, tmp_path_factory):
         server.stop()
 
 
+def require_browser() -> str:
+    """The system Chromium with playwright installed; skip without them, fail in CI."""
+    from comfy_frontend import find_chromium
+
+    require_comfyui()
+    chromium = find_chromium()
+    problem = None
+    if chromium is None:
+        problem = "no Chromium on PATH (apt-get install -y chromium)"
+    else:
+        try:
+            import playwright  # noqa: F401
+        except ImportError:
+            problem = "playwright is not installed (pip install playwright; never `playwright install`)"
+    if problem:
+        if in_ci():
+            pytest.fail(problem + "; CI must run the browser tests")
+        pytest.skip(problem)
+    return chromium
+
+
+@pytest.fixture(scope="module")
+def frontend(comfy):
+    """ComfyUI's web frontend on the session server, in one headless Chromium page per test module."""
+    from comfy_frontend import Frontend
+
+    with Frontend(comfy.url, require_browser()) as page:
+        yield page
+
+
 @pytest.fixture(scope="session")
 def core_engines(comfy_models, tmp_path_factory):
     """``make(inputs of Load IconMatting)`` -> the core engine (diffusers backend) on the server's weights."""
