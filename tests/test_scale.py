@@ -310,3 +310,17 @@ def test_ray_is_an_extra_with_one_version_range_everywhere():
     assert "-r requirements-scale.txt" in dev  # CI and the README's test command install ray
     assert "ray" not in (REPO / "requirements.txt").read_text().lower()  # ComfyUI users never install it
 
+
+
+def test_save_context_never_replaces_the_weights_even_with_overwrite(files, tmp_path, capsys):
+    """Checked before Ray starts: --save-context pointed at the decoder is refused, --overwrite or not."""
+    for target in (files["decoder"],):
+        before = target.read_bytes()
+        for extra in ((), ("--overwrite",)):
+            with pytest.raises(SystemExit) as stop:
+                cli.main(["matte-dataset", str(files["data"]),
+                          *_common(files, tmp_path / "out", "--save-context", str(target), *extra)])  # fmt: skip
+            message = capsys.readouterr().err.strip()
+            assert stop.value.code == 2 and message.startswith("error: ") and "is an input of this run" in message
+        assert target.read_bytes() == before
+    assert not (tmp_path / "out").exists()

@@ -196,16 +196,26 @@ def _check_files(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[Targ
     content = [*args.targets, *(p for p in (args.reference, args.reference_mask) if p is not None)]
     weights = [p for p in (args.sd, args.decoder, args.context) if p is not None]
     check_output_folder(args.out, content)
-    for item in weights:
-        if is_within(item, args.out) or (item.is_dir() and is_within(args.out, item)):
-            raise CommandError(
-                f"{item} (an input of this run) and the output folder {args.out} overlap; choose an output folder "
-                "that holds none of the inputs and lies inside none."
-            )
+    check_weights_outside(weights, args.out)
     targets = tuple(collect_targets(args.targets))
     if not targets:
         raise CommandError(f"no image found in {', '.join(map(str, args.targets))} (looked for .png/.jpg/... files).")
-    existing = existing_outputs(args.out, targets, kinds)
+    check_replacements(existing_outputs(args.out, targets, kinds), args, [*content, *weights])
+    return targets
+
+
+def check_weights_outside(weights: list[Path], out: Path) -> None:
+    """Weights and contexts of the run neither lie inside the output folder nor contain it."""
+    for item in weights:
+        if is_within(item, out) or (item.is_dir() and is_within(out, item)):
+            raise CommandError(
+                f"{item} (an input of this run) and the output folder {out} overlap; choose an output folder "
+                "that holds none of the inputs and lies inside none."
+            )
+
+
+def check_replacements(existing: list[Path], args: argparse.Namespace, inputs: list[Path]) -> None:
+    """Existing outputs need --resume or --overwrite; --save-context never replaces an input of the run."""
     if existing and not (args.resume or args.overwrite):
         shown = ", ".join(map(str, existing[:3])) + (", ..." if len(existing) > 3 else "")
         raise CommandError(
@@ -215,8 +225,7 @@ def _check_files(args: argparse.Namespace, kinds: tuple[str, ...]) -> tuple[Targ
     if args.save_context is not None:
         if args.save_context.suffix != ".safetensors":
             raise CommandError(f"--save-context must name a .safetensors file, got {args.save_context.name}")
-        check_new_file(args.save_context, [*content, *weights], args.overwrite, "--save-context")
-    return targets
+        check_new_file(args.save_context, inputs, args.overwrite, "--save-context")
 
 
 def plan_matte(args: argparse.Namespace) -> MattePlan:

@@ -14,7 +14,6 @@ from ..commands import checks
 from ..commands import matte as local
 from ..commands.options import add_extraction_options, add_precision_options
 from ..commands.checks import CommandError
-from ..io.file_safety import check_new_file, is_within
 from ..image_io import set_max_image_pixels
 from ..commands.matte_job import JobSettings, check_output_folder, existing_outputs, output_folder
 from ..outputs import parse_color
@@ -66,25 +65,15 @@ def _check_files(args: argparse.Namespace, kinds: tuple[str, ...]) -> list:
     sources = collect_sources(args.inputs)
     content = [*input_folders(args.inputs, sources), *(p for p in (args.reference, args.reference_mask) if p)]
     check_output_folder(args.out, content)
-    for item in (p for p in (args.sd, args.decoder, args.context) if p is not None):
+    weights = [p for p in (args.sd, args.decoder, args.context) if p is not None]
+    for item in weights:
         if not item.exists():
             raise CommandError(f"{item} does not exist; expected the weights/context file or folder named there.")
-        if is_within(item, args.out) or (item.is_dir() and is_within(args.out, item)):
-            raise CommandError(f"{item} (an input of this run) and the output folder {args.out} overlap; choose an "
-                               "output folder that holds none of the inputs and lies inside none.")  # fmt: skip
+    local.check_weights_outside(weights, args.out)
     existing = existing_outputs(args.out, sources, kinds)
     if (args.out / MANIFEST_NAME).exists():
         existing.append(args.out / MANIFEST_NAME)
-    if existing and not (args.resume or args.overwrite):
-        shown = ", ".join(map(str, existing[:3])) + (", ..." if len(existing) > 3 else "")
-        raise CommandError(
-            f"{len(existing)} output file(s) already exist ({shown}); pass --resume to keep the complete ones and "
-            "redo the rest, or --overwrite to replace them, or choose another --out."
-        )
-    if args.save_context is not None:
-        if args.save_context.suffix != ".safetensors":
-            raise CommandError(f"--save-context must name a .safetensors file, got {args.save_context.name}")
-        check_new_file(args.save_context, content, args.overwrite, "--save-context")
+    local.check_replacements(existing, args, [*content, *weights])
     return sources
 
 
