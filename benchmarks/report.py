@@ -164,7 +164,7 @@ def render(result: dict) -> str:
         check = (f"{args.dtype} icm_core vs fp32 baseline, worst max abs alpha difference {worst:.1e} ({verdict} "
                  f"the loose bound {result['tolerance']:g}; only fp32 is checked strictly).")
     out += ["", f"Equality check: {check}", ""]
-    out += ["Targets of the issue, in this run:", ""] + _targets_verdicts(result)
+    out += ["Speed and memory targets, in this run:", ""] + _targets_verdicts(result)
     return "\n".join(out)
 
 

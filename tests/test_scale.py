@@ -52,7 +52,7 @@ def ray_cluster():
     ray.shutdown()
     assert not ray.is_initialized()
     left = _wait_gone(started, seconds=30.0)
-    for pid in left:  # only processes this session started, by id
+    for pid in left:  # only processes this test session started, by id
         os.kill(pid, signal.SIGKILL)
     assert not left, f"Ray left processes running after shutdown: {left}"
 
