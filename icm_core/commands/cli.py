@@ -51,7 +51,7 @@ def build_parser() -> argparse.ArgumentParser:
     convert.add_argument("--overwrite", action="store_true", help="replace an existing target (never the source)")
     convert.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
 
-    demo = commands.add_parser("demo", help="run the shipped sample job (real weights if found, else untrained)")
+    demo = commands.add_parser("demo", help="run the sample job (real weights if found, else the small demo model on synthetic scenes)")
     demo.add_argument("--out", type=Path, default=Path("icm_demo_output"), help="output folder")
     demo.add_argument(
         "--models-dir", type=Path, default=None, help=f"weights folder (default ${MODELS_DIR_VARIABLE} or ~/.cache/icm_models)"
@@ -77,14 +77,15 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 
 def _run_demo(args: argparse.Namespace) -> int:
-    from .demo import UNTRAINED_WARNING, run_demo
+    from ..synthetic.demo_model import DEMO_NOTICE
+    from .demo import run_demo
 
     models_dir = args.models_dir or default_models_dir()
     with tqdm(total=3, unit="image", desc="demo") as bar:
         result = run_demo(args.out, models_dir, runtime(args), progress=lambda done, total: bar.update(done - bar.n))
     if not result.used_real_weights:
         banner = "!" * 100
-        print(f"{banner}\n{UNTRAINED_WARNING.format(models_dir=models_dir)}\n{banner}", file=sys.stderr)
+        print(f"{banner}\n{DEMO_NOTICE.format(models_dir=models_dir)}\n{banner}", file=sys.stderr)
     print(f"demo: wrote {len(result.alpha_paths)} alphas and {result.overview_path}")
     return 0
 

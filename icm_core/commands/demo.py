@@ -1,7 +1,11 @@
-"""``python -m icm_core demo``: the main job end to end on the sample images shipped in ``assets/samples``.
+"""``python -m icm_core demo``: the main job end to end -- encode one reference, matte three targets.
 
-Uses the real weights when they are in the models folder (see :func:`icm_core.loader.default_models_dir`);
-otherwise a tiny *untrained* model, which proves the installation works but produces meaningless mattes.
+* With the real weights in the models folder (see :func:`icm_core.loader.default_models_dir`): IconMatting on
+  the sample images shipped in ``assets/samples``.
+* Without them: the small demo model (:mod:`icm_core.synthetic.demo_model`, a decoder trained on procedural
+  scenes over a tiny random SD) on procedural scenes of the kind it was trained on, rendered on the fly; its
+  inputs and their ground truth are written next to its mattes so the overview can show both. It says so
+  plainly: its quality says nothing about IconMatting's.
 """
 
 from __future__ import annotations
@@ -16,24 +20,37 @@ from PIL import Image, ImageDraw
 
 from ..io.images import read_image, read_mask, save_image_atomic, to_uint8
 from ..loader import find_default_weights, load_engine
+from ..metrics import compute_all
 from ..pipeline import IconMatting, ProgressCallback
-from ..tiny import build_tiny_engine
+from ..synthetic.demo_model import DEMO_NOTICE, load_demo_engine
+from ..synthetic.scenes import render_scene
 from .options import Runtime
 
 logger = logging.getLogger(__name__)
 
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples"
 TARGET_NAMES = ("target_1", "target_2", "target_3")
-UNTRAINED_WARNING = (
-    "NO REAL WEIGHTS FOUND in {models_dir}: running a tiny UNTRAINED random model. The mattes below are NOT real "
-    "mattes; they only prove that the installation works. Put SD 2.1 and the IconMatting decoder there (see the "
-    "README, 'Weights') for real results."
-)
+# The demo model's job: held-out scenes (seeds the training set never uses) of one category, at 2x its 128 px.
+DEMO_CATEGORY = "furball"
+DEMO_SEEDS = (20_000, 20_001, 20_002)
+DEMO_REFERENCE_SEED = 20_100
+DEMO_SIZE = 256
+
+
+@dataclass(frozen=True)
+class DemoJob:
+    """The demo's inputs: ``reference [3, H, W]``, ``mask [H, W]``, targets ``[3, H, W]`` in [0, 1], and the
+    targets' true alphas (``[H, W]``) when known."""
+
+    reference: torch.Tensor
+    mask: torch.Tensor
+    targets: tuple[torch.Tensor, ...]
+    truths: tuple[torch.Tensor, ...] | None
 
 
 @dataclass(frozen=True)
 class DemoResult:
-    """Where the demo wrote its files and whether it used real weights."""
+    """Where the demo wrote its files and whether it used real weights (else the small demo model)."""
 
     output_dir: Path
     alpha_paths: tuple[Path, ...]
@@ -47,52 +64,88 @@ def run_demo(
     run: Runtime = Runtime(),
     progress: ProgressCallback | None = None,
 ) -> DemoResult:
-    """Encode the sample reference once, matte the three sample targets, write alphas and an overview image."""
+    """Encode the reference once, matte the three targets, write alphas (and, for the demo model, its inputs and
+    their ground truth) and an overview image into ``output_dir``."""
     weights = find_default_weights(models_dir)
     if weights is None:
-        logger.warning(UNTRAINED_WARNING.format(models_dir=models_dir))
-        engine: IconMatting = build_tiny_engine(image_size=256, device=run.device)
+        logger.warning(DEMO_NOTICE.format(models_dir=models_dir))
+        engine: IconMatting = load_demo_engine(device=run.device)
+        job = demo_scenes_job()
+        _save_inputs(job, output_dir)
     else:
         engine = load_engine(
             weights.stable_diffusion, weights.decoder, device=run.device, dtype=run.dtype,
             autocast_dtype=run.autocast_dtype, channels_last=run.channels_last,
         )
-    reference = read_image(SAMPLES_DIR / "reference.png")
-    mask = read_mask(SAMPLES_DIR / "reference_mask.png")
-    targets = [read_image(SAMPLES_DIR / f"{name}.png") for name in TARGET_NAMES]
-    context = engine.encode_reference(reference, mask)
-    alphas = engine.matte(context, targets, batch_size=2, progress=progress)
+        job = samples_job()
+    context = engine.encode_reference(job.reference, job.mask)
+    alphas = engine.matte(context, list(job.targets), batch_size=2, progress=progress)
     paths = tuple(
         save_image_atomic(alpha, output_dir / f"{name}_alpha.png") for name, alpha in zip(TARGET_NAMES, alphas)
     )
-    overview = save_image_atomic(
-        overview_image(reference, mask, targets, alphas, untrained=weights is None), output_dir / "overview.png"
-    )
+    caption = "IconMatting" if weights is not None else "small demo model (synthetic scenes), not IconMatting"
+    overview = save_image_atomic(overview_image(job, alphas, caption), output_dir / "overview.png")
     return DemoResult(output_dir, paths, overview, weights is not None)
 
 
-def overview_image(
-    reference: torch.Tensor,
-    mask: torch.Tensor,
-    targets: list[torch.Tensor],
-    alphas: list[torch.Tensor],
-    untrained: bool,
-    tile: int = 200,
-) -> Image.Image:
-    """A picture of the job: the reference with its mask, then each target above its alpha."""
-    shaded = reference[:3].clone()
-    shaded[0] = torch.where(mask > 0.5, shaded[0] * 0.5 + 0.5, shaded[0] * 0.4)
-    shaded[1:] = torch.where(mask > 0.5, shaded[1:], shaded[1:] * 0.4)
-    columns = [(shaded, None)] + [(image[:3], alpha) for image, alpha in zip(targets, alphas)]
-    gap = 10
-    canvas = Image.new("RGB", (tile * len(columns) + gap * (len(columns) - 1), 2 * tile + gap + 24), "white")
+def samples_job() -> DemoJob:
+    """The shipped sample images (for the real weights)."""
+    return DemoJob(
+        read_image(SAMPLES_DIR / "reference.png"),
+        read_mask(SAMPLES_DIR / "reference_mask.png"),
+        tuple(read_image(SAMPLES_DIR / f"{name}.png") for name in TARGET_NAMES),
+        None,
+    )
+
+
+def demo_scenes_job() -> DemoJob:
+    """Held-out procedural scenes of :data:`DEMO_CATEGORY` (for the demo model); the mask is the reference's
+    true alpha."""
+    reference = render_scene(DEMO_CATEGORY, DEMO_REFERENCE_SEED, DEMO_SIZE, reference=True)
+    scenes = [render_scene(DEMO_CATEGORY, seed, DEMO_SIZE) for seed in DEMO_SEEDS]
+    image = lambda array: torch.from_numpy(np.ascontiguousarray(array.transpose(2, 0, 1)))  # noqa: E731
+    return DemoJob(
+        image(reference.image),
+        torch.from_numpy(reference.alpha),
+        tuple(image(scene.image) for scene in scenes),
+        tuple(torch.from_numpy(scene.alpha) for scene in scenes),
+    )
+
+
+def _save_inputs(job: DemoJob, output_dir: Path) -> None:
+    save_image_atomic(job.reference, output_dir / "reference.png")
+    save_image_atomic(job.mask, output_dir / "reference_mask.png")
+    for name, target, truth in zip(TARGET_NAMES, job.targets, job.truths or ()):
+        save_image_atomic(target, output_dir / f"{name}.png")
+        save_image_atomic(truth, output_dir / f"{name}_alpha_true.png")
+
+
+def overview_image(job: DemoJob, alphas: list[torch.Tensor], caption: str, tile: int = 200) -> Image.Image:
+    """The job in one picture: the reference with its mask, then each target above its alpha (and its true
+    alpha with its SAD, the sum of absolute alpha errors, when known)."""
+    shaded = job.reference[:3].clone()
+    inside = job.mask > 0.5
+    shaded[0] = torch.where(inside, shaded[0] * 0.5 + 0.5, shaded[0] * 0.4)
+    shaded[1:] = torch.where(inside, shaded[1:], shaded[1:] * 0.4)
+    rows = 3 if job.truths is not None else 2
+    gap, label = 10, 24
+    columns = 1 + len(job.targets)
+    canvas = Image.new("RGB", (tile * columns + gap * (columns - 1), rows * (tile + gap) + label), "white")
     draw = ImageDraw.Draw(canvas)
-    for index, (image, alpha) in enumerate(columns):
-        canvas.paste(_fit(to_uint8(image), tile), (index * (tile + gap), 0))
-        if alpha is not None:
-            canvas.paste(_fit(to_uint8(alpha), tile), (index * (tile + gap), tile + gap))
-    draw.text((4, tile + gap + 4), "reference + mask", fill="black")
-    draw.text((4, 2 * tile + gap + 6), "UNTRAINED MODEL: not a real matte" if untrained else "IconMatting", fill="red")
+    canvas.paste(_fit(to_uint8(shaded), tile), (0, 0))
+    for index, (image, alpha) in enumerate(zip(job.targets, alphas), start=1):
+        left = index * (tile + gap)
+        canvas.paste(_fit(to_uint8(image[:3]), tile), (left, 0))
+        canvas.paste(_fit(to_uint8(alpha), tile), (left, tile + gap))
+        if job.truths is not None:
+            truth = job.truths[index - 1]
+            canvas.paste(_fit(to_uint8(truth), tile), (left, 2 * (tile + gap)))
+            draw.text((left + 4, rows * (tile + gap) + 4), f"SAD {1000 * compute_all(alpha, truth).sad:.0f}", fill="black")
+    draw.text((4, tile + 4), "reference + mask", fill="black")
+    draw.text((4, tile + gap + 4), "alpha:", fill="black")
+    draw.text((4, tile + gap + 20), caption, fill="red")
+    if job.truths is not None:
+        draw.text((4, 2 * (tile + gap) + 4), "ground truth", fill="black")
     return canvas
 
 

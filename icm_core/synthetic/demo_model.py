@@ -1,0 +1,142 @@
+"""The small demo model: the tiny seeded feature extractor + a decoder trained on procedural scenes.
+
+No real weights can ship with the package, so the demo (``python -m icm_core demo``) runs this model when the real
+SD 2.1 + IconMatting weights are absent. It mattes the synthetic scenes of :mod:`.scenes` in context (the category of
+the reference, not its distractors); it knows nothing about photographs and its quality says nothing about
+IconMatting's. ``docs/quality.md`` measures it.
+
+* Feature extractor: :func:`icm_core.tiny.build_tiny_backend` (seed 0; SD 2.1 block layout, narrow widths,
+  random weights), rebuilt from its seed on every load; :data:`BACKEND_FINGERPRINT` pins it, so a torch or
+  diffusers release that initialises it differently gives a clear error instead of meaningless mattes.
+* Decoder: ``icm_core/assets/demo_decoder.safetensors`` (~1.6 MB), trained by the project's own ``train`` command
+  (:data:`RECIPE`): ``python -m icm_core.synthetic.demo_model --work DIR`` renders the training scenes, trains and
+  writes ``DIR/demo_decoder.safetensors`` (``--install`` replaces the shipped file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import shutil
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import torch
+
+from ..config import ExtractionConfig
+from ..pipeline import IconMatting
+from ..weights.decoder import load_decoder
+from .datasets import SyntheticSplit, write_synthetic_dataset
+
+logger = logging.getLogger(__name__)
+
+DEMO_DECODER = Path(__file__).resolve().parents[1] / "assets" / "demo_decoder.safetensors"
+DEMO_NOTICE = (
+    "No real weights found in {models_dir}: running the SMALL DEMO MODEL trained on synthetic scenes (tiny random "
+    "SD + a decoder trained on procedural shapes). It mattes the demo scenes only and says nothing about "
+    "IconMatting's quality; install the real weights for photos (README, 'Weights')."
+)
+# feature_fingerprint of build_tiny_backend(seed=0) at 128 px, ensemble 2 (what the shipped decoder was trained on)
+BACKEND_FINGERPRINT = "to be filled"
+
+
+@dataclass(frozen=True)
+class DemoRecipe:
+    """How the shipped demo decoder is made (the arguments of ``python -m icm_core train``).
+
+    Attributes:
+        split: the training scenes (48 per category at 128 px, seeds 0..47; held-out sets use seeds >= 10000).
+        steps, batch_size, learning_rate, warmup_steps, seed: training settings (constant rate after warm-up).
+    """
+
+    split: SyntheticSplit = SyntheticSplit(48, size=128, first_seed=0, references=0, reference_every=3)
+    steps: int = 600
+    batch_size: int = 4
+    learning_rate: float = 1e-3
+    warmup_steps: int = 30
+    seed: int = 0
+
+    def train_arguments(self, dataset: Path, run: Path, cache: Path) -> list[str]:
+        """``python -m icm_core`` arguments that train the decoder (tiny backend, fixed crops, feature cache)."""
+        return [
+            "train", str(dataset), "--tiny", "--out", str(run), "--steps", str(self.steps),
+            "--batch-size", str(self.batch_size), "--lr", str(self.learning_rate),
+            "--warmup-steps", str(self.warmup_steps), "--seed", str(self.seed),
+            "--fixed-crops", "--cache-dir", str(cache), "--checkpoint-every", str(self.steps),
+        ]  # fmt: skip
+
+
+RECIPE = DemoRecipe()
+
+
+class DemoModelError(RuntimeError):
+    """The shipped demo decoder is missing or does not belong to this feature extractor."""
+
+
+def load_demo_engine(device: str | torch.device = "cpu", decoder_path: Path = DEMO_DECODER) -> IconMatting:
+    """The demo engine: tiny seeded backend (128 px, ensemble 2) + the trained demo decoder.
+
+    Raises:
+        DemoModelError: the decoder file is missing, or the rebuilt backend is not the one it was trained on.
+    """
+    from ..tiny import build_tiny_backend
+    from ..training.feature_cache import feature_fingerprint
+
+    if not decoder_path.is_file():
+        raise DemoModelError(
+            f"the demo decoder {decoder_path} is missing; reinstall the package or regenerate it with "
+            "`python -m icm_core.synthetic.demo_model --work DIR --install`."
+        )
+    decoder = load_decoder(decoder_path)
+    backend = build_tiny_backend(seed=0, device=device)
+    extraction = ExtractionConfig(ensemble_size=2, image_size=decoder.config.image_size)
+    found = feature_fingerprint(backend, extraction)
+    if found != BACKEND_FINGERPRINT:
+        raise DemoModelError(
+            f"this torch/diffusers build initialises the tiny demo feature extractor differently (fingerprint {found},"
+            f" the demo decoder was trained on {BACKEND_FINGERPRINT}); its mattes would be meaningless. Regenerate "
+            "the demo decoder: `python -m icm_core.synthetic.demo_model --work DIR --install`."
+        )
+    return IconMatting(backend, decoder, extraction)
+
+
+def regenerate(work: Path, recipe: DemoRecipe = RECIPE) -> Path:
+    """Render the training scenes, train with the ``train`` command and return ``work/demo_decoder.safetensors``.
+
+    ``work`` must not exist yet (nothing of the user's is touched); it keeps the dataset, feature cache and run.
+    """
+    from ..commands.cli import main
+
+    work = Path(work)
+    if work.exists():
+        raise FileExistsError(f"{work} already exists; choose a new folder for the demo model's training run.")
+    dataset, run = work / "scenes", work / "run"
+    write_synthetic_dataset(dataset, recipe.split)
+    code = main(recipe.train_arguments(dataset, run, work / "feature_cache"))
+    if code != 0:
+        raise RuntimeError(f"training the demo decoder failed (exit code {code}); see the messages above.")
+    result = work / DEMO_DECODER.name
+    shutil.copyfile(run / "decoder.safetensors", result)
+    return result
+
+
+def _main(argv: Sequence[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        prog="python -m icm_core.synthetic.demo_model",
+        description="Regenerate the shipped demo decoder: render the training scenes and train with `train`.",
+    )
+    parser.add_argument("--work", type=Path, required=True, help="new folder for scenes, feature cache and run")
+    parser.add_argument("--install", action="store_true", help=f"then replace the shipped {DEMO_DECODER.name}")
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    result = regenerate(args.work)
+    print(f"wrote {result}")
+    if args.install:
+        shutil.copyfile(result, DEMO_DECODER)
+        print(f"installed it as {DEMO_DECODER}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(_main())
