@@ -11,13 +11,16 @@ from PIL import Image
 
 from icm_core.commands import cli
 from icm_core.config import ExtractionConfig
-from icm_core.commands.demo import SAMPLES_DIR, TARGET_NAMES
+from icm_core.commands.demo import DEMO_SIZE, TARGET_NAMES, demo_scenes_job, output_names
+from icm_core.metrics import compute_all
+from icm_core.synthetic import demo_model
 from icm_core.image_io import read_image, read_mask, to_uint8
 from icm_core.loader import MODELS_DIR_VARIABLE, load_engine
 from icm_core.weights.decoder import OFFICIAL_DECODER_FILE
 
 from tests.tiny_files import write_tiny_weights
 
+DEMO_SAD_LIMIT = 3.0  # SAD / 1000 of one 256 x 256 demo target; measured values in the commit that set this
 TARGET_SIZES = {"t_wide.png": (100, 70), "t_tall.png": (64, 130)}  # PIL (width, height), non-square
 
 
@@ -54,25 +57,52 @@ def _listing(folder: Path) -> dict[str, bytes]:
 # --------------------------------------------------------------------------- demo
 
 
-def test_demo_without_weights_writes_alphas_and_warns(tmp_path, monkeypatch, capsys):
+def test_demo_without_weights_runs_the_demo_model_and_says_so(tmp_path, monkeypatch, capsys):
     models = tmp_path / "empty_models"
     models.mkdir()
     monkeypatch.setenv(MODELS_DIR_VARIABLE, str(models))
     out = tmp_path / "demo_out"
     assert cli.main(["demo", "--out", str(out)]) == 0
     captured = capsys.readouterr()
-    assert "NO REAL WEIGHTS FOUND" in captured.err
-    assert str(models) in captured.err
-    for name in TARGET_NAMES:
-        with Image.open(SAMPLES_DIR / f"{name}.png") as source, Image.open(out / f"{name}_alpha.png") as alpha:
-            assert alpha.size == source.size
-            assert alpha.mode == "L"
+    assert "SMALL DEMO MODEL trained on synthetic scenes" in captured.err
+    assert "install the real weights for photos" in captured.err and str(models) in captured.err
+    assert sorted(p.name for p in out.iterdir()) == sorted(output_names(demo_model=True))
+    job = demo_scenes_job()
+    errors = []
+    for name, truth in zip(TARGET_NAMES, job.truths):
+        assert torch.equal(read_image(out / f"{name}_alpha_true.png")[0], torch.from_numpy(to_uint8(truth)).float() / 255)
+        alpha = read_mask(out / f"{name}_alpha.png")
+        assert alpha.shape == truth.shape == (DEMO_SIZE, DEMO_SIZE)
+        errors.append(compute_all(alpha, truth).sad)
+    # the demo model mattes its scenes (docs/quality.md); a flat or inverted alpha is far worse
+    flat = [compute_all(torch.full_like(truth, 0.5), truth).sad for truth in job.truths]
+    assert max(errors) < DEMO_SAD_LIMIT and sum(errors) < 0.25 * sum(flat), (errors, flat)
     with Image.open(out / "overview.png") as overview:
         assert overview.width > overview.height > 0
-    assert sorted(p.name for p in out.iterdir()) == sorted(
-        [f"{name}_alpha.png" for name in TARGET_NAMES] + ["overview.png"]
-    )
     assert not any(models.iterdir())
+
+
+def test_demo_never_replaces_earlier_files_without_overwrite(tmp_path, monkeypatch, capsys):
+    models = tmp_path / "empty_models"
+    models.mkdir()
+    monkeypatch.setenv(MODELS_DIR_VARIABLE, str(models))
+    out = tmp_path / "demo_out"
+    out.mkdir()
+    (out / "overview.png").write_bytes(b"the user's own picture")
+    line = _cli_error(capsys, ["demo", "--out", str(out)])
+    assert "already holds overview.png; pass --overwrite" in line
+    assert [p.name for p in out.iterdir()] == ["overview.png"]
+    assert (out / "overview.png").read_bytes() == b"the user's own picture"
+    assert cli.main(["demo", "--out", str(out), "--overwrite"]) == 0
+    assert (out / "overview.png").read_bytes() != b"the user's own picture"
+
+
+def test_demo_model_refuses_a_feature_extractor_it_was_not_trained_on(monkeypatch, tmp_path):
+    monkeypatch.setattr(demo_model, "BACKEND_FINGERPRINT", "0123456789abcdef")
+    with pytest.raises(demo_model.DemoModelError, match="initialises the tiny demo feature extractor differently"):
+        demo_model.load_demo_engine()
+    with pytest.raises(demo_model.DemoModelError, match="demo decoder .*missing"):
+        demo_model.load_demo_engine(decoder_path=tmp_path / "nothing.safetensors")
 
 
 # --------------------------------------------------------------------------- matte on tiny weights on disk

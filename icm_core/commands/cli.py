@@ -20,6 +20,7 @@ from ..io.file_safety import UnsafeOutputError
 from ..loader import MODELS_DIR_VARIABLE, default_models_dir
 from .matte_job import OutputCollisionError
 from ..pipeline import EmptyReferenceError
+from ..synthetic.demo_model import DemoModelError
 from ..training.state import TrainingStateError
 from ..weights.checkpoint_io import CheckpointError
 from ..weights.decoder import DecoderCheckpointError
@@ -33,6 +34,7 @@ from .train import add_train_parser
 USER_ERRORS: tuple[type[BaseException], ...] = (
     CommandError, UnsafeOutputError, OutputCollisionError, WeightsNotFoundError, CheckpointError,
     DecoderCheckpointError, EmptyReferenceError, DatasetError, TrainingStateError, NonFiniteError, ImageReadError,
+    DemoModelError,
 )  # fmt: skip
 
 
@@ -56,6 +58,7 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--models-dir", type=Path, default=None, help=f"weights folder (default ${MODELS_DIR_VARIABLE} or ~/.cache/icm_models)"
     )
+    demo.add_argument("--overwrite", action="store_true", help="replace the outputs of an earlier demo run in --out")
     add_runtime_options(demo)
     demo.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     add_evaluate_parser(commands)
@@ -82,7 +85,10 @@ def _run_demo(args: argparse.Namespace) -> int:
 
     models_dir = args.models_dir or default_models_dir()
     with tqdm(total=3, unit="image", desc="demo") as bar:
-        result = run_demo(args.out, models_dir, runtime(args), progress=lambda done, total: bar.update(done - bar.n))
+        result = run_demo(
+            args.out, models_dir, runtime(args), progress=lambda done, total: bar.update(done - bar.n),
+            overwrite=args.overwrite,
+        )
     if not result.used_real_weights:
         banner = "!" * 100
         print(f"{banner}\n{DEMO_NOTICE.format(models_dir=models_dir)}\n{banner}", file=sys.stderr)

@@ -11,6 +11,7 @@
 from __future__ import annotations
 
 import logging
+import textwrap
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -24,6 +25,7 @@ from ..metrics import compute_all
 from ..pipeline import IconMatting, ProgressCallback
 from ..synthetic.demo_model import DEMO_NOTICE, load_demo_engine
 from ..synthetic.scenes import render_scene
+from .checks import CommandError
 from .options import Runtime
 
 logger = logging.getLogger(__name__)
@@ -63,10 +65,17 @@ def run_demo(
     models_dir: Path,
     run: Runtime = Runtime(),
     progress: ProgressCallback | None = None,
+    overwrite: bool = False,
 ) -> DemoResult:
     """Encode the reference once, matte the three targets, write alphas (and, for the demo model, its inputs and
-    their ground truth) and an overview image into ``output_dir``."""
+    their ground truth) and an overview image into ``output_dir``.
+
+    Raises:
+        CommandError: a file the demo would write already exists and ``overwrite`` is False (checked before
+            any model loads; nothing is written).
+    """
     weights = find_default_weights(models_dir)
+    _check_outputs_free(output_dir, demo_model=weights is None, overwrite=overwrite)
     if weights is None:
         logger.warning(DEMO_NOTICE.format(models_dir=models_dir))
         engine: IconMatting = load_demo_engine(device=run.device)
@@ -86,6 +95,26 @@ def run_demo(
     caption = "IconMatting" if weights is not None else "small demo model (synthetic scenes), not IconMatting"
     overview = save_image_atomic(overview_image(job, alphas, caption), output_dir / "overview.png")
     return DemoResult(output_dir, paths, overview, weights is not None)
+
+
+def output_names(demo_model: bool) -> tuple[str, ...]:
+    """The files the demo writes into its output folder."""
+    names = [f"{name}_alpha.png" for name in TARGET_NAMES] + ["overview.png"]
+    if demo_model:
+        names += ["reference.png", "reference_mask.png"]
+        names += [f"{name}{suffix}.png" for name in TARGET_NAMES for suffix in ("", "_alpha_true")]
+    return tuple(names)
+
+
+def _check_outputs_free(output_dir: Path, demo_model: bool, overwrite: bool) -> None:
+    if output_dir.exists() and not output_dir.is_dir():
+        raise CommandError(f"--out {output_dir} is a file; expected a folder for the demo's outputs.")
+    taken = [name for name in output_names(demo_model) if (output_dir / name).exists()]
+    if taken and not overwrite:
+        raise CommandError(
+            f"{output_dir} already holds {', '.join(taken[:3])}{' ...' if len(taken) > 3 else ''}; pass --overwrite "
+            "to replace the demo's earlier outputs, or choose another --out."
+        )
 
 
 def samples_job() -> DemoJob:
@@ -142,8 +171,9 @@ def overview_image(job: DemoJob, alphas: list[torch.Tensor], caption: str, tile:
             canvas.paste(_fit(to_uint8(truth), tile), (left, 2 * (tile + gap)))
             draw.text((left + 4, rows * (tile + gap) + 4), f"SAD {1000 * compute_all(alpha, truth).sad:.0f}", fill="black")
     draw.text((4, tile + 4), "reference + mask", fill="black")
-    draw.text((4, tile + gap + 4), "alpha:", fill="black")
-    draw.text((4, tile + gap + 20), caption, fill="red")
+    draw.text((4, tile + gap + 24), "alpha by the", fill="black")
+    for line, text in enumerate(textwrap.wrap(caption, width=30)):
+        draw.text((4, tile + gap + 40 + 14 * line), text, fill="red")
     if job.truths is not None:
         draw.text((4, 2 * (tile + gap) + 4), "ground truth", fill="black")
     return canvas

@@ -86,6 +86,7 @@ def write_synthetic_dataset(root: Path, split: SyntheticSplit) -> Path:
     try:
         groups = _render_into(staging, split)
         (staging / f"{root.name}.json").write_text(json.dumps(groups, indent=1) + "\n", encoding="utf-8")
+        staging.chmod(0o755)  # mkdtemp makes it private; a dataset is an ordinary folder
         staging.rename(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
