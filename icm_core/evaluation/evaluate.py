@@ -104,11 +104,11 @@ def plan_evaluation(
     choice = _reference_choice(dataset, protocol)
     plan = [(group.name, *split_group(group, choice)) for group in dataset.groups]
     skipped = tuple(name for name, _, targets in plan if not targets)
-    for name in skipped:
-        logger.warning("group %s has no image left after taking its reference(s); skipped", name)
     plan = [entry for entry in plan if entry[2]]
     if not plan:
         raise DatasetError(_nothing_to_evaluate(root, dataset, protocol))
+    for name in skipped:
+        logger.warning("group %s has no image left after taking its reference(s); skipped", name)
     if protocol.region == "unknown":
         lacking = [f"{name}/{item.name}" for name, _, targets in plan for item in targets if item.trimap is None]
         if lacking:

@@ -15,9 +15,11 @@ Clicks (:func:`simulated_clicks`):
    pixel), so clicks also keep away from the frame.
 2. The first click is the pixel deepest inside the object (largest distance; ties: the first in row-major order).
 3. Each following click is picked by farthest-point sampling among the *core* pixels, those at least
-   ``inner_fraction`` (default 0.5) of the largest distance away from the edge: the core pixel farthest from every
-   click so far (ties: first in row-major order). Sampling stops early when no core pixel is left that is not
-   already a click, so a tiny object may get fewer clicks than asked.
+   ``inner_fraction`` (default 0.5) of the largest distance away from the edge: the core pixel whose distance to
+   the nearest click so far, floored to whole pixels, is largest; ties go to the largest sum of distances to all
+   clicks so far (so on a compact object the clicks spread around the first one instead of bunching where pixel
+   rounding happens to favour), then to the first in row-major order. Sampling stops early when no core pixel is
+   left that is not already a click, so a tiny object may get fewer clicks than asked.
 
 Scribble (:func:`simulated_scribble`): the clicks are ordered along the object's principal axis (the first
 eigenvector of the covariance of the object pixels' coordinates; ties keep click order) and joined by a polyline
@@ -94,13 +96,23 @@ def simulated_clicks(
     first = int(np.argmax(depth))  # first maximum in row-major order
     chosen = [divmod(first, mask.shape[1])]
     gap = np.hypot(ys - chosen[0][0], xs - chosen[0][1])
+    total = gap.copy()
     while len(chosen) < count:
-        best = int(np.argmax(gap))
+        best = _farthest(gap, total)
         if gap[best] <= 0.0:
             break
         chosen.append((int(ys[best]), int(xs[best])))
-        gap = np.minimum(gap, np.hypot(ys - ys[best], xs - xs[best]))
+        step = np.hypot(ys - ys[best], xs - xs[best])
+        gap, total = np.minimum(gap, step), total + step
     return tuple(Point(float(x), float(y)) for y, x in chosen)
+
+
+def _farthest(gap: np.ndarray, total: np.ndarray) -> int:
+    """Index of the candidate farthest from the clicks: largest whole-pixel distance to the nearest click, then
+    largest sum of distances to all clicks, then first in row-major order (so pixel rounding does not decide)."""
+    whole = np.floor(gap + 1e-9)
+    tied = whole == whole.max()
+    return int(np.argmax(np.where(tied, total, -np.inf)))
 
 
 def scribble_width(height: int, width: int) -> int:
