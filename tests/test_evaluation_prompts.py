@@ -150,9 +150,10 @@ def test_tiny_object_gets_fewer_clicks_and_empty_alpha_is_an_error():
 
 def test_scribble_lies_inside_the_object_and_joins_the_clicks():
     alpha = np.zeros((120, 400), np.float32)
-    alpha[20:100, 30:370] = 1.0
-    alpha[20:60, 180:220] = 0.0  # a notch: the stroke may not cross it
+    alpha[20:100, 30:170] = alpha[20:100, 230:370] = 1.0  # two blocks ...
+    alpha[20:30, 170:230] = 1.0  # ... joined by a bridge at the top: the stroke between them crosses the gap
     clicks = simulated_clicks(alpha, 4)
+    assert {p.x < 170 for p in clicks} == {True, False}  # clicks on both blocks
     scribble = simulated_scribble(alpha, clicks)
     assert scribble.shape == (120, 400) and scribble.dtype == torch.float32
     assert set(scribble.unique().tolist()) == {0.0, 1.0}
@@ -162,6 +163,11 @@ def test_scribble_lies_inside_the_object_and_joins_the_clicks():
     assert scribble_width(120, 400) == 3 and scribble_width(1000, 1500) == 10
     ys, xs = torch.nonzero(scribble, as_tuple=True)
     assert xs.max() - xs.min() > 200  # the stroke runs along the long axis through the clicks
+    assert scribble[30:, 170:230].sum() == 0  # clipped where it crosses the gap
+    along_x = sorted(clicks, key=lambda p: p.x)  # the principal axis of this wide object is x
+    assert [along_x[i] for i in (2, 0, 3, 1)] != list(clicks)
+    for order in (along_x, [along_x[i] for i in (2, 0, 3, 1)]):  # the stroke does not depend on the click order
+        assert torch.equal(simulated_scribble(alpha, order), scribble)
     single = simulated_scribble(alpha, clicks[:1])
     assert 0 < single.sum() <= 9  # one click: a small disc of the stroke width
 
@@ -242,10 +248,11 @@ def test_first_two_references_form_one_context(engine, dataset, tmp_path, monkey
     assert torch.equal(matted[0][2][0], alpha)
 
 
-def test_too_many_references_for_every_group_is_a_clear_error(engine, dataset, tmp_path):
+def test_too_many_references_for_every_group_is_a_clear_error(engine, dataset, tmp_path, caplog):
     with pytest.raises(DatasetError, match=r"num_references=3 takes every image.*largest group has 3.*at most 2"):
         evaluate_dataset(engine, dataset, tmp_path / "out", EvaluationProtocol(num_references=3))
     assert not (tmp_path / "out").exists()
+    assert not caplog.records  # the error alone: no "group skipped" warnings before it
 
 
 @pytest.mark.parametrize("option", [{"fit": "pad"}, {"refine": True}])
