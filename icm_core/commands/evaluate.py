@@ -13,11 +13,16 @@ from pathlib import Path
 from tqdm import tqdm
 
 from ..evaluation.evaluate import EvaluationProtocol, evaluate_dataset, plan_evaluation
+from ..evaluation.results import PROMPT_KINDS
+from ..fit import FITS
+from ..prompts import DEFAULT_TOP_M
 from . import checks
 from .checks import CommandError
 from .options import add_weight_options, build_engine, check_weight_options
 
 logger = logging.getLogger(__name__)
+
+DEFAULT_POINTS = EvaluationProtocol().num_points
 
 
 def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.ArgumentParser:
@@ -48,22 +53,62 @@ def add_evaluate_parser(subparsers: argparse._SubParsersAction) -> argparse.Argu
     parser.add_argument("--seed", type=checks.seed, default=0, help="noise seed in 0..2**64-1 (default 0)")
     parser.add_argument("--batch-size", type=checks.int_range(1), default=1, help="targets per UNet pass (default 1)")
     parser.add_argument("--save-alphas", action="store_true", help="also write alphas/<group>/<image>.png")
+    add_protocol_options(parser)
     parser.set_defaults(handler=run_evaluate)
     return parser
+
+
+def add_protocol_options(parser: argparse.ArgumentParser) -> None:
+    """``--prompt``, ``--points``, ``--top-m``, ``--num-references``, ``--fit``, ``--refine``."""
+    group = parser.add_argument_group("reference prompt and output")
+    group.add_argument(
+        "--prompt", choices=PROMPT_KINDS, default="mask",
+        help="reference RoI: its ground-truth alpha (mask, default), or simulated clicks (points) or a simulated "
+        "scribble derived from that alpha and expanded by self-attention",
+    )  # fmt: skip
+    group.add_argument("--points", type=checks.int_range(1), default=None,
+                       help=f"simulated clicks per reference for --prompt points|scribble (default {DEFAULT_POINTS})")
+    group.add_argument("--top-m", type=checks.int_range(0), default=None,
+                       help=f"cells added per prompt cell for --prompt points|scribble (default {DEFAULT_TOP_M})")
+    group.add_argument("--num-references", type=checks.int_range(1), default=1,
+                       help="the first N images of each group by name are its references (default 1)")
+    group.add_argument("--fit", choices=FITS, default="stretch", help="how images reach the model's square")
+    group.add_argument("--refine", action="store_true", help="full-resolution guided-filter edge refinement")
+
+
+def protocol_from_args(args: argparse.Namespace) -> EvaluationProtocol:
+    """The protocol the parsed options describe.
+
+    Raises:
+        CommandError: options that do not go together (e.g. --points with --prompt mask).
+    """
+    sparse_only = [flag for flag, value in (("--points", args.points), ("--top-m", args.top_m)) if value is not None]
+    if sparse_only and args.prompt == "mask":
+        raise CommandError(
+            f"{' and '.join(sparse_only)} only apply to --prompt points or scribble, got --prompt mask; drop "
+            f"{' and '.join(sparse_only)} or choose --prompt points|scribble."
+        )
+    if args.num_references > 1 and args.references is not None:
+        raise CommandError(
+            f"--num-references {args.num_references} and --references {args.references} both choose the references; "
+            "give one of them (the references file names each group's references itself)."
+        )
+    try:
+        return EvaluationProtocol(
+            resolution=args.resolution, region=args.region, references_file=args.references,
+            groups_file=args.groups_file, seed=args.seed, batch_size=args.batch_size, save_alphas=args.save_alphas,
+            prompt=args.prompt, num_points=DEFAULT_POINTS if args.points is None else args.points,
+            top_m=DEFAULT_TOP_M if args.top_m is None else args.top_m, num_references=args.num_references,
+            fit=args.fit, refine=args.refine,
+        )  # fmt: skip
+    except ValueError as error:
+        raise CommandError(str(error)) from error
 
 
 def run_evaluate(args: argparse.Namespace) -> int:
     """Handler of ``evaluate``: check the dataset, build the engine, evaluate with a progress bar, print the
     overall rows and the targets that could not be evaluated (exit code 1 if any)."""
-    protocol = EvaluationProtocol(
-        resolution=args.resolution,
-        region=args.region,
-        references_file=args.references,
-        groups_file=args.groups_file,
-        seed=args.seed,
-        batch_size=args.batch_size,
-        save_alphas=args.save_alphas,
-    )
+    protocol = protocol_from_args(args)
     check_weight_options(args)
     plan_evaluation(args.dataset, protocol)  # dataset, groups and references: DatasetError before any model loads
     if args.out.exists() and not args.out.is_dir():

@@ -24,9 +24,10 @@ from .evaluate import (
     evaluate_dataset,
     mean_errors,
 )
+from .simulated_prompts import simulated_clicks, simulated_scribble
 
 __all__ = [
     "DatasetError", "DatasetGroup", "DatasetItem", "EvaluationProtocol", "EvaluationSummary", "GroupResult",
     "ImageResult", "MattingDataset", "center_square", "evaluate_dataset", "load_dataset", "load_reference_choice",
-    "mean_errors", "split_group",
+    "mean_errors", "simulated_clicks", "simulated_scribble", "split_group",
 ]

@@ -12,10 +12,15 @@ from typing import Literal
 
 import numpy as np
 
+from ..config import ExtractionConfig
+from ..fit import FITS
 from ..metrics import MattingErrors
+from ..prompts import DEFAULT_TOP_M
 
 Resolution = Literal["official", "original"]
 Region = Literal["whole", "unknown"]
+PromptKind = Literal["mask", "points", "scribble"]
+PROMPT_KINDS = ("mask", "points", "scribble")
 ProgressCallback = Callable[[int, int], None]
 METRIC_NAMES = ("sad", "mse", "grad", "conn")
 
@@ -34,6 +39,15 @@ class EvaluationProtocol:
         batch_size: targets per UNet pass (>= 1).
         save_alphas: also write each predicted alpha as ``alphas/<group>/<image>.png`` (8-bit; the metrics
             use the float alpha, so recomputing them from these PNGs differs by the quantisation).
+        prompt: how each reference's RoI is given: ``"mask"`` (its ground-truth alpha), ``"points"`` (simulated
+            clicks, expanded over the token grid) or ``"scribble"`` (a simulated stroke, expanded likewise); see
+            :mod:`.simulated_prompts`.
+        num_points: simulated clicks per reference (>= 1) for ``points``, and the clicks the scribble joins.
+        top_m: cells added per prompt cell when a points/scribble prompt is expanded (>= 0).
+        num_references: the first N images of each group by name are its references (>= 1); more than one
+            cannot be combined with ``references_file``.
+        fit: how images meet the model's square: ``"stretch"``, ``"pad"`` or ``"crop"`` (see :mod:`icm_core.fit`).
+        refine: refine every alpha at full resolution (``RefinementConfig()``, guided filter).
     """
 
     resolution: Resolution = "official"
@@ -43,6 +57,12 @@ class EvaluationProtocol:
     seed: int = 0
     batch_size: int = 1
     save_alphas: bool = False
+    prompt: PromptKind = "mask"
+    num_points: int = 3
+    top_m: int = DEFAULT_TOP_M
+    num_references: int = 1
+    fit: str = "stretch"
+    refine: bool = False
 
     def __post_init__(self) -> None:
         if self.resolution not in ("official", "original"):
@@ -51,6 +71,24 @@ class EvaluationProtocol:
             raise ValueError(f"region must be 'whole' or 'unknown', got {self.region!r}")
         if self.batch_size < 1:
             raise ValueError(f"batch_size must be >= 1, got {self.batch_size}")
+        self._check_prompt()
+        if self.fit not in FITS:
+            raise ValueError(f"fit must be one of {', '.join(FITS)}, got {self.fit!r}")
+
+    def _check_prompt(self) -> None:
+        if self.prompt not in PROMPT_KINDS:
+            raise ValueError(f"prompt must be one of {', '.join(PROMPT_KINDS)}, got {self.prompt!r}")
+        if isinstance(self.num_points, bool) or not isinstance(self.num_points, int) or self.num_points < 1:
+            raise ValueError(f"num_points must be an integer >= 1, got {self.num_points!r}")
+        if isinstance(self.top_m, bool) or not isinstance(self.top_m, int) or self.top_m < 0:
+            raise ValueError(f"top_m must be an integer >= 0, got {self.top_m!r}")
+        if isinstance(self.num_references, bool) or not isinstance(self.num_references, int) or self.num_references < 1:
+            raise ValueError(f"num_references must be an integer >= 1, got {self.num_references!r}")
+        if self.num_references > 1 and self.references_file is not None:
+            raise ValueError(
+                f"num_references={self.num_references} and a references file ({self.references_file}) both choose "
+                "the references; give one of them (the file names each group's references itself)."
+            )
 
 
 @dataclass(frozen=True)
@@ -76,7 +114,11 @@ class GroupResult:
 
     Attributes:
         mean: per-metric mean over the group's target images.
-        seconds: mean matting seconds per image; reference_seconds: time to encode the group's context.
+        seconds: mean matting seconds per image; reference_seconds: time to encode the group's context (and to
+            expand its prompts).
+        reference_tokens: reference tokens in the group's context.
+        prompt_points: per reference, the simulated clicks ``((x, y), ...)`` (pixels of the reference as given to
+            the engine; the scribble joins them); empty under ``prompt="mask"``.
     """
 
     name: str
@@ -85,6 +127,8 @@ class GroupResult:
     mean: MattingErrors
     seconds: float
     reference_seconds: float
+    reference_tokens: int = 0
+    prompt_points: tuple[tuple[tuple[float, float], ...], ...] = ()
 
 
 @dataclass(frozen=True)
@@ -107,6 +151,7 @@ class EvaluationSummary:
         skipped_groups: groups left without a target once their references were taken out.
         failures: targets skipped because their files (or their group's reference) could not be used.
         files: ``{"csv": ..., "markdown": ..., "json": ...}`` report paths.
+        extraction: the engine's timestep, ensemble size and working image size.
     """
 
     protocol: EvaluationProtocol
@@ -119,6 +164,7 @@ class EvaluationSummary:
     skipped_groups: tuple[str, ...]
     files: dict[str, Path]
     failures: tuple[ItemFailure, ...] = ()
+    extraction: ExtractionConfig | None = None
 
 
 def mean_errors(errors: Sequence[MattingErrors]) -> MattingErrors:
