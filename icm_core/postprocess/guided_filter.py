@@ -223,6 +223,28 @@ def refine_alpha(
         ``[B, 1, H, W]`` refined alpha, clamped to ``[0, 1]``, in ``alpha_lowres``'s dtype and on
         the image's device. Computation is float32 whatever the input dtypes.
     """
+    _check_refine_args(alpha_lowres, image, radius, eps, subsample)
+    full = (image.shape[2], image.shape[3])
+    coarse = (alpha_lowres.shape[2], alpha_lowres.shape[3])
+    if subsample is None:
+        size = (min(coarse[0], full[0]), min(coarse[1], full[1]))
+    else:
+        size = (math.ceil(full[0] / subsample), math.ceil(full[1] / subsample))
+    guide = image.float().clamp(0.0, 1.0)
+    alpha = alpha_lowres.to(device=image.device, dtype=torch.float32)
+    if size != coarse:  # only when subsample is given or the alpha is larger than the image
+        up = size[0] > coarse[0] or size[1] > coarse[1]
+        mode = "bilinear" if up else "area"
+        alpha = F.interpolate(alpha, size=size, mode=mode, **({"align_corners": False} if up else {}))
+    r_hw = (1, 1) if radius is None else _low_radius(radius, full, size)
+    out = _joint_upsample(guide, alpha, r_hw, eps)
+    return out.clamp(0.0, 1.0).to(alpha_lowres.dtype)
+
+
+def _check_refine_args(
+    alpha_lowres: Tensor, image: Tensor, radius: int | None, eps: float, subsample: int | None
+) -> None:
+    """Raise a ValueError naming what :func:`refine_alpha` expected when its arguments do not fit."""
     if alpha_lowres.dim() != 4 or alpha_lowres.shape[1] != 1:
         raise ValueError(
             f"refine_alpha: expected alpha_lowres [B,1,h,w], got {tuple(alpha_lowres.shape)}; "
@@ -244,18 +266,3 @@ def refine_alpha(
             f"radius={radius}, eps={eps}, subsample={subsample}; use the defaults "
             f"radius=None, eps={DEFAULT_EPS}, subsample=None."
         )
-    full = (image.shape[2], image.shape[3])
-    coarse = (alpha_lowres.shape[2], alpha_lowres.shape[3])
-    if subsample is None:
-        size = (min(coarse[0], full[0]), min(coarse[1], full[1]))
-    else:
-        size = (math.ceil(full[0] / subsample), math.ceil(full[1] / subsample))
-    guide = image.float().clamp(0.0, 1.0)
-    alpha = alpha_lowres.to(device=image.device, dtype=torch.float32)
-    if size != coarse:  # only when subsample is given or the alpha is larger than the image
-        up = size[0] > coarse[0] or size[1] > coarse[1]
-        mode = "bilinear" if up else "area"
-        alpha = F.interpolate(alpha, size=size, mode=mode, **({"align_corners": False} if up else {}))
-    r_hw = (1, 1) if radius is None else _low_radius(radius, full, size)
-    out = _joint_upsample(guide, alpha, r_hw, eps)
-    return out.clamp(0.0, 1.0).to(alpha_lowres.dtype)
