@@ -1,7 +1,7 @@
 """Benchmark icm_core against an official-style IconMatting baseline on the same random SD 2.1-architecture weights.
 
     python -m benchmarks.run [--targets 1 8 64] [--width-multiplier 0.125] [--device cpu|cuda]
-                             [--dtype fp32|bf16|fp16] [--out docs/benchmarks.md] [--smoke]
+                             [--dtype fp32|fp16|bf16] [--out docs/benchmarks.md] [--smoke]
 
 For every target count it runs the baseline (``benchmarks/baseline.py``: reference re-encoded per target, VAE on E
 copies, full UNet, materialised attention maps) and icm_core (``encode_reference`` once + ``matte`` in
@@ -23,6 +23,7 @@ from pathlib import Path
 
 import torch
 
+from icm_core.commands.options import DTYPES
 from icm_core.config import ExtractionConfig
 from icm_core.features.backend import extract_features
 from icm_core.features.diffusers_backend import DiffusersFeatureBackend
@@ -34,7 +35,6 @@ from .models import build_models, calibrate_decoder, synthetic_scene
 from .report import write_report
 from .timing import STAGES, PeakMemory, StageTimer, instrument_icm
 
-DTYPES = {"fp32": torch.float32, "bf16": torch.bfloat16, "fp16": torch.float16}
 FP32_TOLERANCE = 1e-4
 REDUCED_PRECISION_TOLERANCE = 5e-2
 

@@ -16,7 +16,6 @@ from dataclasses import dataclass
 # At 768 px: 768 / 32 = 24 (SD ``up_blocks[0]`` output) and 768 / 16 = 48 (``up_blocks[1]`` output).
 LOW_LEVEL_STRIDE = 32
 HIGH_LEVEL_STRIDE = 16
-LATENT_STRIDE = 8  # the SD VAE downsamples by 8
 
 
 @dataclass(frozen=True)
@@ -87,10 +86,6 @@ class ExtractionConfig:
             raise ValueError(
                 f"image_size must be a multiple of {LOW_LEVEL_STRIDE}, got {self.image_size}."
             )
-
-    @property
-    def latent_size(self) -> int:
-        return self.image_size // LATENT_STRIDE
 
     @property
     def attention_resolutions(self) -> tuple[int, int]:

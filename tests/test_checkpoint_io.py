@@ -31,11 +31,10 @@ from icm_core.weights.checkpoint_io import (
 )
 from icm_core.weights.restricted_unpickler import (
     CheckpointPlaceholder,
-    RestrictedPickleModule,
-    make_restricted_pickle_module,
     placeholder_for,
 )
 from icm_core.weights.torch_archive import read_torch_file
+from tests.restricted_pickle import RestrictedPickle
 
 # ----------------------------------------------------------------------------- fixtures
 
@@ -327,7 +326,7 @@ def test_attack_payloads_are_live_with_plain_pickle(tmp_path: Path, attack: str)
 def test_restricted_unpickler_never_runs_reduce_targets(tmp_path: Path, attack: str, protocol: int) -> None:
     target = tmp_path / "pwned"
     data = pickle.dumps({"evil": _attacks(target)[attack], "x": [1, 2]}, protocol=protocol)
-    module = make_restricted_pickle_module()
+    module = RestrictedPickle()
 
     result = module.loads(data)
 
@@ -345,7 +344,7 @@ def test_restricted_unpickler_never_imports_modules(tmp_path: Path, monkeypatch:
     (tmp_path / f"{module_name}.py").write_text(f"open({str(mark)!r}, 'w').close()\nclass Zen:\n    pass\n")
     monkeypatch.syspath_prepend(str(tmp_path))
     data = f"c{module_name}\nZen\n(tR.".encode()
-    module = make_restricted_pickle_module()
+    module = RestrictedPickle()
 
     result = module.loads(data)
 
@@ -376,21 +375,21 @@ def test_build_on_a_global_is_refused(module: str, name: str) -> None:
     before = torch._utils._rebuild_tensor_v2.__defaults__
     data = _build_on_global_pickle(module, name)
     with pytest.raises(pickle.UnpicklingError, match="BUILD"):
-        make_restricted_pickle_module().loads(data)
+        RestrictedPickle().loads(data)
     assert torch._utils._rebuild_tensor_v2.__defaults__ == before
     assert not hasattr(placeholder_for("argparse.Namespace"), "__defaults__")
 
 
 def test_extension_opcodes_and_placeholder_class_mutation_are_refused() -> None:
     with pytest.raises(pickle.UnpicklingError, match="EXT"):
-        make_restricted_pickle_module().loads(b"\x80\x02\x82\x01.")
+        RestrictedPickle().loads(b"\x80\x02\x82\x01.")
     with pytest.raises(AttributeError):
         placeholder_for("os.system").__call__ = print  # type: ignore[method-assign]
 
 
 def test_storage_load_from_bytes_is_not_allowed() -> None:
     """Plain-pickled tensors go through torch.storage._load_from_bytes -> full torch.load."""
-    module = make_restricted_pickle_module()
+    module = RestrictedPickle()
 
     # The placeholder "storage" cannot be turned into a tensor: the rebuild fails loudly.
     with pytest.raises(pickle.UnpicklingError, match="storage records"):

@@ -19,6 +19,7 @@ from icm_core.loader import MODELS_DIR_VARIABLE, load_engine
 from icm_core.weights.decoder import OFFICIAL_DECODER_FILE
 
 from tests.tiny_files import write_tiny_weights
+from tests.cli_helpers import cli_error_line
 
 DEMO_SAD_LIMIT = 3.0  # SAD / 1000 of one 256 x 256 demo target; measured values in the commit that set this
 TARGET_SIZES = {"t_wide.png": (100, 70), "t_tall.png": (64, 130)}  # PIL (width, height), non-square
@@ -37,17 +38,6 @@ def one_thread():
 def offline(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setenv("TRANSFORMERS_OFFLINE", "1")
-
-
-def _cli_error(capsys: pytest.CaptureFixture, args: list[str]) -> str:
-    """Run the CLI expecting a user error: exit code 2 and exactly one ``error:`` line on stderr (returned)."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stopped:
-        cli.main(args)
-    assert stopped.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
 
 
 def _listing(folder: Path) -> dict[str, bytes]:
@@ -162,7 +152,7 @@ def test_matte_writes_one_alpha_per_target_at_its_size(tiny_weights, inputs, tmp
 def test_matte_refuses_output_into_an_input_folder(tiny_weights, inputs, capsys):
     sd, decoder = tiny_weights
     before = _listing(inputs)
-    message = _cli_error(capsys, _matte_args(sd, decoder, inputs, inputs, [inputs / name for name in TARGET_SIZES]))
+    message = cli_error_line(capsys, _matte_args(sd, decoder, inputs, inputs, [inputs / name for name in TARGET_SIZES]))
     assert "input folder" in message
     assert _listing(inputs) == before
 
@@ -171,7 +161,7 @@ def test_matte_missing_target_is_a_clear_error(tiny_weights, inputs, tmp_path, c
     sd, decoder = tiny_weights
     missing = inputs / "no_such_target.png"
     out = tmp_path / "alphas"
-    message = _cli_error(capsys, _matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png", missing]))
+    message = cli_error_line(capsys, _matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png", missing]))
     assert message.startswith("error:") and "does not exist" in message and str(missing) in message
     assert not out.exists()
 
@@ -184,7 +174,7 @@ def test_matte_missing_weights_is_a_clear_error(what, tiny_weights, inputs, tmp_
     else:
         sd = tmp_path / "stable-diffusion-2-1"
     out = tmp_path / "alphas"
-    message = _cli_error(capsys, _matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png"]))
+    message = cli_error_line(capsys, _matte_args(sd, decoder, inputs, out, [inputs / "t_wide.png"]))
     assert (OFFICIAL_DECODER_FILE if what == "decoder" else "stable-diffusion-2-1") in message
     assert not out.exists()
 
@@ -232,7 +222,7 @@ def test_matte_folders_resume_and_broken_inputs(tiny_weights, inputs, tmp_path, 
     assert cli.main(args + ["--resume"]) == 1
     assert "wrote 1, skipped 2" in capsys.readouterr().out
 
-    assert "inside the input folder" in _cli_error(
+    assert "inside the input folder" in cli_error_line(
         capsys, _matte_args(sd, decoder, inputs, frames / "shot_a" / "out", [frames])
     )
 
@@ -250,5 +240,5 @@ def test_matte_from_points_and_a_saved_context(tiny_weights, inputs, tmp_path, c
     first = np.asarray(Image.open(tmp_path / "a" / "alpha" / "t_wide.png"))
     second = np.asarray(Image.open(tmp_path / "b" / "alpha" / "t_wide.png"))
     np.testing.assert_array_equal(first, second)
-    message = _cli_error(capsys, base + ["--out", str(tmp_path / "c"), "--reference", str(inputs / "ref.png")])
+    message = cli_error_line(capsys, base + ["--out", str(tmp_path / "c"), "--reference", str(inputs / "ref.png")])
     assert "exactly one of --reference-mask / --reference-points" in message

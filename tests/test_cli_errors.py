@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import argparse
 import json
 import os
 import subprocess
@@ -14,11 +15,12 @@ import torch
 from PIL import Image
 from safetensors.torch import save_file
 
-from icm_core.commands import cli
+from icm_core.commands import checks, cli
 from icm_core.commands.checks import SEED_MAX
 from icm_core.context_io import save_context
 from icm_core.pipeline import ReferenceContext
 from icm_core.weights.decoder import OFFICIAL_DECODER_FILE
+from tests.cli_helpers import cli_error_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -42,19 +44,6 @@ def no_models(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setattr(options, "load_engine", explode)
     monkeypatch.setattr(evaluation_commands, "build_engine", explode)
     monkeypatch.setattr(training_commands, "build_engine", explode)
-
-
-def error_line(capsys: pytest.CaptureFixture, args: list[str]) -> str:
-    """Run ``main(args)``; assert exit code 2 and exactly one ``error: `` line on stderr; return it."""
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stopped:
-        cli.main(args)
-    assert stopped.value.code == 2
-    captured = capsys.readouterr()
-    lines = captured.err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), captured.err
-    assert "Traceback" not in captured.err
-    return lines[0]
 
 
 @pytest.fixture()
@@ -110,14 +99,42 @@ OPTION_MISTAKES = [
 
 @pytest.mark.parametrize(("extra", "expected"), OPTION_MISTAKES, ids=[" ".join(o) for o, _ in OPTION_MISTAKES])
 def test_bad_option_values_are_one_line_before_any_model(files, capsys, extra, expected):
-    message = error_line(capsys, matte(files, *extra))
+    message = cli_error_line(capsys, matte(files, *extra))
     assert expected in message
     assert not files["out"].exists()
 
 
+NUMBER_MISTAKES = [
+    ("unit_fraction", "x", "expected a number in (0, 1], got 'x'"),
+    ("unit_fraction", "0", "expected a number in (0, 1], got 0"),
+    ("unit_fraction", "nan", "expected a number in (0, 1], got nan"),
+    ("positive_float", "-1", "expected a finite number > 0, got -1"),
+    ("positive_float", "inf", "expected a finite number > 0, got inf"),
+    ("positive_float", "lots", "expected a number > 0, got 'lots'"),
+    ("non_negative_float", "-0.5", "expected a finite number >= 0, got -0.5"),
+    ("non_negative_float", "nan", "expected a finite number >= 0, got nan"),
+    ("non_negative_float", "none", "expected a number >= 0, got 'none'"),
+]
+
+
+@pytest.mark.parametrize(("kind", "text", "expected"), NUMBER_MISTAKES)
+def test_number_options_say_what_they_expected(kind, text, expected):
+    parse = getattr(checks, kind)
+    with pytest.raises(argparse.ArgumentTypeError) as refused:
+        parse(text)
+    assert str(refused.value) == expected
+    assert parse.__name__ == kind
+
+
+def test_number_options_accept_their_range():
+    assert checks.unit_fraction("1") == 1.0 and checks.unit_fraction("0.25") == 0.25
+    assert checks.positive_float("4e-4") == 4e-4
+    assert checks.non_negative_float("0") == 0.0
+
+
 @pytest.mark.skipif(torch.cuda.is_available(), reason="needs a machine without CUDA")
 def test_cuda_on_a_cpu_only_machine(files, capsys):
-    message = error_line(capsys, matte(files, "--device", "cuda"))
+    message = cli_error_line(capsys, matte(files, "--device", "cuda"))
     assert "no CUDA GPU" in message and "--device cpu" in message
 
 
@@ -133,11 +150,11 @@ def test_cuda_on_a_cpu_only_machine(files, capsys):
     ],
 )
 def test_bad_points_are_one_line_before_any_model(files, capsys, text, expected):
-    assert expected in error_line(capsys, matte(files, prompt=points(files, text)))
+    assert expected in cli_error_line(capsys, matte(files, prompt=points(files, text)))
 
 
 def test_bad_negative_points(files, capsys):
-    message = error_line(capsys, matte(files, "--negative-points", "nonsense", prompt=points(files, '[{"x":5,"y":5}]')))
+    message = cli_error_line(capsys, matte(files, "--negative-points", "nonsense", prompt=points(files, '[{"x":5,"y":5}]')))
     assert "--negative-points" in message
 
 
@@ -170,7 +187,7 @@ def test_unusable_reference_and_mask_files(files, tmp_path, capsys):
         ["--reference", str(tmp_path / "small.png"), "--reference-mask", str(tmp_path / "small.png")], ">= 64"
     )
     for name, (prompt, expected) in cases.items():
-        message = error_line(capsys, matte(files, prompt=tuple(prompt)))
+        message = cli_error_line(capsys, matte(files, prompt=tuple(prompt)))
         assert expected in message, name
 
 
@@ -196,9 +213,9 @@ def test_unusable_contexts(files, tmp_path, capsys):
         "wrong extension": (_write(tmp_path / "ctx.txt", b"hello"), "Unsupported checkpoint extension"),
     }  # fmt: skip
     for name, (path, expected) in cases.items():
-        message = error_line(capsys, matte(files, prompt=("--context", str(path))))
+        message = cli_error_line(capsys, matte(files, prompt=("--context", str(path))))
         assert expected in message and str(path) in message, name
-    message = error_line(capsys, matte(files, prompt=("--context", str(valid), "--reference", str(files["ref"]))))
+    message = cli_error_line(capsys, matte(files, prompt=("--context", str(valid), "--reference", str(files["ref"]))))
     assert "not both" in message
 
 
@@ -210,7 +227,7 @@ def test_context_of_another_model_is_one_line_after_loading(files, tmp_path, cap
     monkeypatch.setattr(matte_command, "build_engine", lambda args: build_tiny_engine(image_size=128))
     context = ReferenceContext(torch.zeros(64, 48), torch.ones(1, 8, 8, dtype=torch.bool), ((90, 120),), "f" * 16)
     path = save_context(context, tmp_path / "other.safetensors")
-    message = error_line(capsys, matte(files, prompt=("--context", str(path))))
+    message = cli_error_line(capsys, matte(files, prompt=("--context", str(path))))
     assert "encoded with another model or configuration" in message
     assert not (files["out"] / "alpha").exists()
 
@@ -229,9 +246,9 @@ def test_missing_weights_are_one_line(files, tmp_path, capsys, monkeypatch):
     monkeypatch.setattr(options, "load_decoder", load_decoder)
     monkeypatch.setattr(options, "load_engine", load_engine)
     files["decoder"] = tmp_path / OFFICIAL_DECODER_FILE
-    assert OFFICIAL_DECODER_FILE in error_line(capsys, matte(files))
+    assert OFFICIAL_DECODER_FILE in cli_error_line(capsys, matte(files))
     files["decoder"] = _write(tmp_path / "zero.safetensors", b"\x00" * 64)
-    assert "zero.safetensors" in error_line(capsys, matte(files))
+    assert "zero.safetensors" in cli_error_line(capsys, matte(files))
 
 
 # --------------------------------------------------------------------------- evaluate, train, convert
@@ -250,18 +267,18 @@ def _dataset(root: Path) -> Path:
 def test_evaluate_and_train_mistakes(tmp_path, capsys):
     data = _dataset(tmp_path / "data")
     out = tmp_path / "report"
-    assert "seed must be in" in error_line(capsys, ["evaluate", str(data), "--out", str(out), "--tiny", "--seed", str(2**70)])
-    assert "--batch-size" in error_line(capsys, ["evaluate", str(data), "--out", str(out), "--tiny", "--batch-size", "0"])
-    assert "unknown device" in error_line(capsys, ["evaluate", str(data), "--out", str(out), "--tiny", "--device", "nope"])
-    assert "--sd is required" in error_line(capsys, ["evaluate", str(data), "--out", str(out)])
-    assert "has no 'image/' folder" in error_line(capsys, ["evaluate", str(tmp_path), "--out", str(out), "--tiny"])
-    assert "names unknown group" in error_line(capsys, [
+    assert "seed must be in" in cli_error_line(capsys, ["evaluate", str(data), "--out", str(out), "--tiny", "--seed", str(2**70)])
+    assert "--batch-size" in cli_error_line(capsys, ["evaluate", str(data), "--out", str(out), "--tiny", "--batch-size", "0"])
+    assert "unknown device" in cli_error_line(capsys, ["evaluate", str(data), "--out", str(out), "--tiny", "--device", "nope"])
+    assert "--sd is required" in cli_error_line(capsys, ["evaluate", str(data), "--out", str(out)])
+    assert "has no 'image/' folder" in cli_error_line(capsys, ["evaluate", str(tmp_path), "--out", str(out), "--tiny"])
+    assert "names unknown group" in cli_error_line(capsys, [
         "evaluate", str(data), "--out", str(out), "--tiny",
         "--references", str(_write(tmp_path / "refs.json", b'{"zz": "a"}')),
     ])  # fmt: skip
-    assert "seed must be in" in error_line(capsys, ["train", str(data), "--out", str(out), "--tiny", "--seed", "-3"])
-    assert "--steps" in error_line(capsys, ["train", str(data), "--out", str(out), "--tiny", "--steps", "0"])
-    assert "--lr" in error_line(capsys, ["train", str(data), "--out", str(out), "--tiny", "--lr", "inf"])
+    assert "seed must be in" in cli_error_line(capsys, ["train", str(data), "--out", str(out), "--tiny", "--seed", "-3"])
+    assert "--steps" in cli_error_line(capsys, ["train", str(data), "--out", str(out), "--tiny", "--steps", "0"])
+    assert "--lr" in cli_error_line(capsys, ["train", str(data), "--out", str(out), "--tiny", "--lr", "inf"])
     assert not out.exists()
 
 
@@ -281,13 +298,13 @@ def test_damaged_training_state_is_one_line_before_any_model(tmp_path, capsys, c
     run = tmp_path / "run"
     run.mkdir()
     (run / "training_state.json").write_bytes(content)
-    message = error_line(capsys, ["train", str(data), "--out", str(run), "--tiny", "--resume"])
+    message = cli_error_line(capsys, ["train", str(data), "--out", str(run), "--tiny", "--resume"])
     assert expected in message and "training_state.json" in message
 
 
 def test_convert_mistakes(tmp_path, capsys):
-    assert ".safetensors" in error_line(capsys, ["convert", str(tmp_path / "a.pth"), str(tmp_path / "b.pth")])
-    assert OFFICIAL_DECODER_FILE in error_line(
+    assert ".safetensors" in cli_error_line(capsys, ["convert", str(tmp_path / "a.pth"), str(tmp_path / "b.pth")])
+    assert OFFICIAL_DECODER_FILE in cli_error_line(
         capsys, ["convert", str(tmp_path / OFFICIAL_DECODER_FILE), str(tmp_path / "b.safetensors")]
     )
 

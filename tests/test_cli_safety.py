@@ -25,6 +25,7 @@ from icm_core.commands.matte_job import OutputCollisionError, Target, check_coll
 from icm_core.weights.decoder import load_decoder
 
 from tests.tiny_files import write_tiny_weights
+from tests.cli_helpers import cli_error_line, only_error_line
 
 REPO = Path(__file__).resolve().parents[1]
 
@@ -62,16 +63,6 @@ def _args(weights, reference, out: Path, *targets: Path, extra: tuple[str, ...] 
     return ["matte", "--sd", str(sd), "--decoder", str(decoder), "--reference", str(reference[0]),
             "--reference-mask", str(reference[1]), "--out", str(out), "--ensemble", "2", "--batch-size", "1",
             *map(str, targets), *extra]  # fmt: skip
-
-
-def _error(capsys, args: list[str]) -> str:
-    capsys.readouterr()
-    with pytest.raises(SystemExit) as stopped:
-        cli.main(args)
-    assert stopped.value.code == 2
-    lines = capsys.readouterr().err.splitlines()
-    assert len(lines) == 1 and lines[0].startswith("error: "), lines
-    return lines[0]
 
 
 def _tree(root: Path) -> dict[str, bytes]:
@@ -134,7 +125,7 @@ def test_collisions_across_inputs_are_listed(tmp_path):
 def test_collision_is_an_error_before_any_model_loads(weights, reference, tmp_path, capsys):
     for folder in ("a", "b"):
         _image(tmp_path / folder / "f.png", 70, 70, 1)
-    message = _error(capsys, _args((tmp_path / "no-sd", tmp_path / "no-decoder"), reference, tmp_path / "out",
+    message = cli_error_line(capsys, _args((tmp_path / "no-sd", tmp_path / "no-decoder"), reference, tmp_path / "out",
                                    tmp_path / "a", tmp_path / "b"))  # fmt: skip
     assert "collision" in message and "f.png" in message
     assert not (tmp_path / "out").exists()
@@ -168,9 +159,9 @@ def test_input_inside_the_output_folder_is_refused(weights, reference, tmp_path,
     moved[0].parent.mkdir()
     moved[0].write_bytes(reference[0].read_bytes())
     before = _tree(out)
-    assert "inside the output folder" in _error(capsys, _args(weights, reference, out, out / "alpha"))
-    assert "inside the output folder" in _error(capsys, _args(weights, reference, out, out / "alpha" / "x.png"))
-    assert "inside the output folder" in _error(capsys, _args(weights, moved, out, tmp_path / "ref" / "ref.png"))
+    assert "inside the output folder" in cli_error_line(capsys, _args(weights, reference, out, out / "alpha"))
+    assert "inside the output folder" in cli_error_line(capsys, _args(weights, reference, out, out / "alpha" / "x.png"))
+    assert "inside the output folder" in cli_error_line(capsys, _args(weights, moved, out, tmp_path / "ref" / "ref.png"))
     assert _tree(out) == before
 
 
@@ -179,7 +170,7 @@ def test_existing_outputs_need_resume_or_overwrite(weights, reference, tmp_path,
     out = tmp_path / "out"
     (out / "alpha").mkdir(parents=True)
     (out / "alpha" / "t.png").write_bytes(b"a file of the user's")
-    message = _error(capsys, _args((tmp_path / "no-sd", tmp_path / "no-dec"), reference, out, target))
+    message = cli_error_line(capsys, _args((tmp_path / "no-sd", tmp_path / "no-dec"), reference, out, target))
     assert "already exist" in message and "--overwrite" in message and "--resume" in message
     assert (out / "alpha" / "t.png").read_bytes() == b"a file of the user's"
     assert cli.main(_args(weights, reference, out, target, extra=("--overwrite",))) == 0
@@ -196,13 +187,13 @@ def test_save_context_never_replaces_an_input_or_an_existing_file(weights, refer
     own = (sd, decoder_copy)
     for where in (decoder_copy, link):
         for extra in ((), ("--overwrite",)):
-            message = _error(capsys, _args(own, reference, tmp_path / "o", target,
+            message = cli_error_line(capsys, _args(own, reference, tmp_path / "o", target,
                                            extra=("--save-context", str(where), *extra)))  # fmt: skip
             assert "is an input of this run" in message
     assert decoder_copy.read_bytes() == decoder.read_bytes() and link.is_symlink()
     existing = tmp_path / "old.safetensors"
     existing.write_bytes(b"keep me")
-    assert "already exists" in _error(capsys, _args(own, reference, tmp_path / "o", target,
+    assert "already exists" in cli_error_line(capsys, _args(own, reference, tmp_path / "o", target,
                                                     extra=("--save-context", str(existing))))  # fmt: skip
     assert existing.read_bytes() == b"keep me" and not (tmp_path / "o").exists()
     assert cli.main(_args(own, reference, tmp_path / "o", target, extra=("--save-context", str(existing),
@@ -216,7 +207,7 @@ def test_a_second_run_on_the_same_output_folder_is_refused(weights, reference, t
     out = tmp_path / "out"
     out.mkdir()
     with folder_lock(out):
-        assert "another run is writing into" in _error(capsys, _args(weights, reference, out, target))
+        assert "another run is writing into" in cli_error_line(capsys, _args(weights, reference, out, target))
     assert not (out / "alpha" / "t.png").exists()
 
 
@@ -229,9 +220,7 @@ def _convert(capsys, *args: str) -> int | str:
         return cli.main(["convert", *args])
     except SystemExit as stopped:
         assert stopped.code == 2
-        lines = capsys.readouterr().err.splitlines()
-        assert len(lines) == 1 and lines[0].startswith("error: ")
-        return lines[0]
+        return only_error_line(capsys.readouterr().err)
 
 
 def test_convert_never_deletes_or_replaces_what_it_did_not_create(weights, tmp_path, capsys):

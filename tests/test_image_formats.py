@@ -227,7 +227,7 @@ def test_animations_read_their_first_frame(tmp_path, suffix, caplog):
     frames[0].save(path, save_all=True, append_images=frames[1:], duration=100, loop=0, **options)
     with Image.open(path) as opened:
         assert opened.n_frames == 3
-    with caplog.at_level("INFO", logger="icm_core.io.images"):
+    with caplog.at_level("INFO", logger="icm_core.io.decode"):
         image = read_image(path)
     torch.testing.assert_close(image[:3, 5, 5], torch.tensor([1.0, 0.0, 0.0]), atol=1 / 255, rtol=0)
     assert "3 frames (animated); reading the first" in caplog.text

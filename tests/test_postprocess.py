@@ -17,10 +17,7 @@ from icm_core.postprocess import (
     box_filter,
     composite,
     estimate_foreground,
-    fast_guided_filter,
-    guided_filter,
     refine_alpha,
-    to_rgba,
 )
 
 
@@ -71,27 +68,29 @@ def test_box_filter_anisotropic_dtype_and_errors() -> None:
 
 # ----------------------------------------------------------------------------- guided filter
 def test_guided_filter_reproduces_affine_function_of_guide() -> None:
+    """At full resolution refine_alpha is the plain colour guided filter: it reproduces an affine function of the
+    guide, whether the coefficients are solved on the alpha's grid or with subsample=1."""
     guide = torch.rand(2, 3, 40, 33, generator=torch.Generator().manual_seed(1))
-    src = 0.3 * guide[:, 0:1] - 0.2 * guide[:, 1:2] + 0.5 * guide[:, 2:3] + 0.1
-    out = guided_filter(guide, src, radius=4, eps=1e-7)
+    src = 0.3 * guide[:, 0:1] + 0.2 * guide[:, 1:2] + 0.4 * guide[:, 2:3] + 0.05  # stays inside [0, 1]
+    out = refine_alpha(src, guide, radius=4, eps=1e-7)
     torch.testing.assert_close(out, src, atol=2e-3, rtol=0)
-    assert fast_guided_filter(guide, src, 4, 1e-7, subsample=1).equal(out)
+    assert refine_alpha(src, guide, 4, 1e-7, subsample=1).equal(out)
 
 
 def test_guided_filter_flat_guide_is_box_mean() -> None:
-    src = torch.rand(1, 2, 20, 20, generator=torch.Generator().manual_seed(2))
+    src = torch.rand(1, 1, 20, 20, generator=torch.Generator().manual_seed(2))
     guide = torch.full((1, 3, 20, 20), 0.5)
     expected = box_filter(box_filter(src, 3), 3)  # a = 0, b = mean(p), q = mean(b)
-    torch.testing.assert_close(guided_filter(guide, src, 3, 1e-4), expected, atol=1e-5, rtol=0)
+    torch.testing.assert_close(refine_alpha(src, guide, 3, 1e-4), expected, atol=1e-5, rtol=0)
 
 
-def test_fast_guided_filter_shapes_and_errors() -> None:
+def test_subsampled_refinement_shapes_and_errors() -> None:
     guide, src = torch.rand(2, 3, 37, 50), torch.rand(2, 1, 37, 50)
-    assert fast_guided_filter(guide, src, 8, 1e-3, subsample=4).shape == (2, 1, 37, 50)
-    with pytest.raises(ValueError, match="src"):
-        guided_filter(guide, src[:, :, :-1], 2, 1e-3)
+    assert refine_alpha(src, guide, 8, 1e-3, subsample=4).shape == (2, 1, 37, 50)
+    with pytest.raises(ValueError, match="alpha batch == image batch"):
+        refine_alpha(src[:1], guide, 2, 1e-3)
     with pytest.raises(ValueError, match="subsample"):
-        fast_guided_filter(guide, src, 2, 1e-3, subsample=0)
+        refine_alpha(src, guide, 2, 1e-3, subsample=0)
 
 
 # ----------------------------------------------------------------------------- refine_alpha
@@ -204,12 +203,10 @@ def test_estimate_foreground_shapes_dtypes_errors() -> None:
 
 
 # ----------------------------------------------------------------------------- compose
-def test_to_rgba_and_composite_exact_values() -> None:
+def test_composite_exact_values() -> None:
     fg = torch.tensor([[0.0, 1.0], [0.5, 0.25]]).expand(1, 3, 2, 2).clone()
     fg[:, 1] = 1.0
     alpha = torch.tensor([[[[1.0, 0.0], [0.5, 0.25]]]])
-    rgba = to_rgba(fg, alpha)
-    assert rgba.shape == (1, 4, 2, 2) and rgba[:, :3].equal(fg) and rgba[:, 3:].equal(alpha)
     out = composite(fg, alpha, (0.0, 0.5, 1.0))
     expected_r = torch.tensor([[0.0, 0.0], [0.25, 0.0625]])
     expected_g = torch.tensor([[1.0, 0.5], [0.75, 0.625]])
@@ -225,9 +222,9 @@ def test_to_rgba_and_composite_exact_values() -> None:
 def test_compose_shape_errors() -> None:
     fg, alpha = torch.rand(2, 3, 4, 5), torch.rand(2, 1, 4, 5)
     with pytest.raises(ValueError, match="alpha"):
-        to_rgba(fg, alpha[:, :, :3])
+        composite(fg, alpha[:, :, :3])
     with pytest.raises(ValueError, match="foreground"):
-        to_rgba(torch.rand(2, 4, 4, 5), alpha)
+        composite(torch.rand(2, 4, 4, 5), alpha)
     with pytest.raises(ValueError, match="background"):
         composite(fg, alpha, torch.rand(3, 3, 4, 5))
     with pytest.raises(ValueError, match="background"):

@@ -8,7 +8,9 @@ before any model is loaded.
 from __future__ import annotations
 
 import argparse
+import math
 import sys
+from collections.abc import Callable
 from typing import NoReturn
 
 import torch
@@ -80,37 +82,31 @@ def int_range(low: int, high: int | None = None) -> argparse._ActionType:
     return parse
 
 
-def unit_fraction(text: str) -> float:
-    """A fraction in (0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text!r}") from None
-    if not 0.0 < value <= 1.0:  # also refuses NaN
-        raise argparse.ArgumentTypeError(f"expected a number in (0, 1], got {text}")
-    return value
+def _number(name: str, doc: str, accepts: Callable[[float], bool], wanted: str, checked: str) -> Callable[[str], float]:
+    """An argparse type named ``name``: a float for which ``accepts`` holds. Errors read ``expected a number
+    <wanted>, got 'text'`` (not a number) and ``expected <checked>, got text`` (out of range, NaN, Inf)."""
+
+    def parse(text: str) -> float:
+        try:
+            value = float(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected a number {wanted}, got {text!r}") from None
+        if not accepts(value):
+            raise argparse.ArgumentTypeError(f"expected {checked}, got {text}")
+        return value
+
+    parse.__name__ = parse.__qualname__ = name
+    parse.__doc__ = doc
+    return parse
 
 
-def positive_float(text: str) -> float:
-    """A finite number > 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number > 0, got {text!r}") from None
-    if not 0.0 < value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number > 0, got {text}")
-    return value
-
-
-def non_negative_float(text: str) -> float:
-    """A finite number >= 0."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a number >= 0, got {text!r}") from None
-    if not 0.0 <= value < float("inf"):
-        raise argparse.ArgumentTypeError(f"expected a finite number >= 0, got {text}")
-    return value
+# Every comparison with NaN is False, so each of these refuses NaN.
+unit_fraction = _number("unit_fraction", "A fraction in (0, 1].", lambda value: 0.0 < value <= 1.0,
+                        "in (0, 1]", "a number in (0, 1]")  # fmt: skip
+positive_float = _number("positive_float", "A finite number > 0.", lambda value: 0.0 < value < math.inf,
+                         "> 0", "a finite number > 0")  # fmt: skip
+non_negative_float = _number("non_negative_float", "A finite number >= 0.", lambda value: 0.0 <= value < math.inf,
+                             ">= 0", "a finite number >= 0")  # fmt: skip
 
 
 def _cuda_devices() -> int:

@@ -1,4 +1,4 @@
-"""RGBA packing and compositing of a matted foreground, batched in torch.
+"""Compositing of a matted foreground over a new background, batched in torch.
 
 Layout NCHW; colours and alpha are floats in ``[0, 1]`` (straight, i.e. not premultiplied, colour).
 """
@@ -11,7 +11,7 @@ from collections.abc import Sequence
 import torch
 from torch import Tensor
 
-__all__ = ["to_rgba", "composite"]
+__all__ = ["composite"]
 
 #: Pixels (rows x width x batch) composited at a time: bounds the temporaries to a few MB.
 _BAND_ELEMENTS = 1 << 18
@@ -30,20 +30,6 @@ def _check_fg_alpha(foreground: Tensor, alpha: Tensor, name: str) -> None:
             f"{tuple(alpha.shape)}; resize the matte to the foreground (refine_alpha) and keep one "
             "channel."
         )
-
-
-def to_rgba(foreground: Tensor, alpha: Tensor) -> Tensor:
-    """Stack straight (unpremultiplied) colour and alpha into RGBA.
-
-    Args:
-        foreground: ``[B, 3, H, W]`` RGB in ``[0, 1]``.
-        alpha: ``[B, 1, H, W]`` in ``[0, 1]``.
-
-    Returns:
-        ``[B, 4, H, W]`` tensor (channels R, G, B, A) in ``foreground``'s dtype and device.
-    """
-    _check_fg_alpha(foreground, alpha, "to_rgba")
-    return torch.cat([foreground, alpha.to(device=foreground.device, dtype=foreground.dtype)], dim=1)
 
 
 def _background_tensor(background: Tensor | Sequence[float], foreground: Tensor) -> Tensor:

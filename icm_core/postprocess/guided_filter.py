@@ -1,4 +1,5 @@
-"""Box filter, colour guided filter (He et al., TPAMI 2013) and fast guided filter (He & Sun 2015).
+"""Box filter and full-resolution alpha refinement by a colour guided filter (He et al., TPAMI 2013) solved on a
+coarse grid as in the fast guided filter (He & Sun 2015).
 
 NCHW layout; images are RGB floats in ``[0, 1]``, mattes single-channel floats in ``[0, 1]``. Runs on
 the inputs' device (CPU, CUDA, MPS), batched, in float32 whatever the input dtype (float16/bfloat16
@@ -13,7 +14,7 @@ import torch
 import torch.nn.functional as F
 from torch import Tensor
 
-__all__ = ["box_filter", "guided_filter", "fast_guided_filter", "refine_alpha"]
+__all__ = ["box_filter", "refine_alpha"]
 
 #: Default regulariser of :func:`refine_alpha` (variance units of a ``[0, 1]`` image).
 DEFAULT_EPS = 1e-4
@@ -69,18 +70,6 @@ def box_filter(x: Tensor, radius: int | tuple[int, int]) -> Tensor:
     return out.to(x.dtype)
 
 
-def _check_guide_src(guide: Tensor, src: Tensor, name: str) -> None:
-    if guide.dim() != 4 or guide.shape[1] != 3:
-        raise ValueError(
-            f"{name}: expected guide [B,3,H,W], got {tuple(guide.shape)}; pass an RGB image in NCHW."
-        )
-    if src.dim() != 4 or src.shape[0] != guide.shape[0] or src.shape[2:] != guide.shape[2:]:
-        raise ValueError(
-            f"{name}: expected src [B,C,H,W] = [{guide.shape[0]},C,{guide.shape[2]},{guide.shape[3]}] "
-            f"matching the guide, got {tuple(src.shape)}; resize/batch src like the guide."
-        )
-
-
 def _coefficients(guide: Tensor, src: Tensor, radius: tuple[int, int], eps: float) -> tuple[Tensor, Tensor]:
     """Box-averaged linear coefficients ``(mean_a [B,3,C,H,W], mean_b [B,C,H,W])`` (float32)."""
     b, c, h, w = src.shape
@@ -122,22 +111,6 @@ def _apply(mean_a: Tensor, mean_b: Tensor, guide: Tensor) -> Tensor:
     return (mean_a * guide.unsqueeze(2)).sum(dim=1) + mean_b
 
 
-def guided_filter(guide: Tensor, src: Tensor, radius: int, eps: float) -> Tensor:
-    """Colour guided filter (He et al. 2013) of ``src`` guided by an RGB image.
-
-    Args:
-        guide: ``[B, 3, H, W]`` RGB guide, nominally in ``[0, 1]``.
-        src: ``[B, C, H, W]`` signal to filter (e.g. an alpha matte, ``C = 1``).
-        radius: window radius in pixels (window ``2r+1``).
-        eps: regulariser added to the 3x3 colour covariance; larger means smoother output.
-
-    Returns:
-        ``[B, C, H, W]`` filtered signal in ``src``'s dtype (not clamped).
-    """
-    _check_guide_src(guide, src, "guided_filter")
-    return _joint_upsample(guide.float(), src.float(), (radius, radius), eps).to(src.dtype)
-
-
 def _joint_upsample(guide: Tensor, src_low: Tensor, radius: tuple[int, int], eps: float) -> Tensor:
     """Guided-filter coefficients on ``src_low``'s grid, applied to the full-resolution guide.
 
@@ -159,33 +132,6 @@ def _joint_upsample(guide: Tensor, src_low: Tensor, radius: tuple[int, int], eps
 def _low_radius(radius: int, full: tuple[int, int], size: tuple[int, int]) -> tuple[int, int]:
     """Convert a full-resolution radius to ``(r_h, r_w)`` on a ``size`` grid (at least 1)."""
     return (max(1, round(radius * size[0] / full[0])), max(1, round(radius * size[1] / full[1])))
-
-
-def fast_guided_filter(guide: Tensor, src: Tensor, radius: int, eps: float, subsample: int) -> Tensor:
-    """Fast guided filter (He & Sun 2015): solve coefficients at 1/``subsample`` resolution.
-
-    ``guide`` and ``src`` are area-downsampled to ``ceil(H/s) x ceil(W/s)``, the coefficients are
-    computed there with the radius scaled by the same factor (at least 1), upsampled bilinearly to
-    ``H x W`` and applied to the full-resolution guide, so edges follow the full-resolution image.
-
-    Args:
-        guide: ``[B, 3, H, W]`` RGB guide in ``[0, 1]``.
-        src: ``[B, C, H, W]`` signal to filter.
-        radius: window radius in full-resolution pixels.
-        eps: covariance regulariser.
-        subsample: integer factor ``>= 1``; ``1`` is the plain :func:`guided_filter`.
-
-    Returns:
-        ``[B, C, H, W]`` filtered signal in ``src``'s dtype (not clamped).
-    """
-    _check_guide_src(guide, src, "fast_guided_filter")
-    if subsample < 1:
-        raise ValueError(f"fast_guided_filter: expected subsample >= 1, got {subsample}; use 1 or more.")
-    g, p = guide.float(), src.float()
-    full = (g.shape[2], g.shape[3])
-    size = (math.ceil(full[0] / subsample), math.ceil(full[1] / subsample))
-    p_low = p if size == full else F.interpolate(p, size=size, mode="area")
-    return _joint_upsample(g, p_low, _low_radius(radius, full, size), eps).to(src.dtype)
 
 
 def refine_alpha(
@@ -223,6 +169,28 @@ def refine_alpha(
         ``[B, 1, H, W]`` refined alpha, clamped to ``[0, 1]``, in ``alpha_lowres``'s dtype and on
         the image's device. Computation is float32 whatever the input dtypes.
     """
+    _check_refine_args(alpha_lowres, image, radius, eps, subsample)
+    full = (image.shape[2], image.shape[3])
+    coarse = (alpha_lowres.shape[2], alpha_lowres.shape[3])
+    if subsample is None:
+        size = (min(coarse[0], full[0]), min(coarse[1], full[1]))
+    else:
+        size = (math.ceil(full[0] / subsample), math.ceil(full[1] / subsample))
+    guide = image.float().clamp(0.0, 1.0)
+    alpha = alpha_lowres.to(device=image.device, dtype=torch.float32)
+    if size != coarse:  # only when subsample is given or the alpha is larger than the image
+        up = size[0] > coarse[0] or size[1] > coarse[1]
+        mode = "bilinear" if up else "area"
+        alpha = F.interpolate(alpha, size=size, mode=mode, **({"align_corners": False} if up else {}))
+    r_hw = (1, 1) if radius is None else _low_radius(radius, full, size)
+    out = _joint_upsample(guide, alpha, r_hw, eps)
+    return out.clamp(0.0, 1.0).to(alpha_lowres.dtype)
+
+
+def _check_refine_args(
+    alpha_lowres: Tensor, image: Tensor, radius: int | None, eps: float, subsample: int | None
+) -> None:
+    """Raise a ValueError naming what :func:`refine_alpha` expected when its arguments do not fit."""
     if alpha_lowres.dim() != 4 or alpha_lowres.shape[1] != 1:
         raise ValueError(
             f"refine_alpha: expected alpha_lowres [B,1,h,w], got {tuple(alpha_lowres.shape)}; "
@@ -244,18 +212,3 @@ def refine_alpha(
             f"radius={radius}, eps={eps}, subsample={subsample}; use the defaults "
             f"radius=None, eps={DEFAULT_EPS}, subsample=None."
         )
-    full = (image.shape[2], image.shape[3])
-    coarse = (alpha_lowres.shape[2], alpha_lowres.shape[3])
-    if subsample is None:
-        size = (min(coarse[0], full[0]), min(coarse[1], full[1]))
-    else:
-        size = (math.ceil(full[0] / subsample), math.ceil(full[1] / subsample))
-    guide = image.float().clamp(0.0, 1.0)
-    alpha = alpha_lowres.to(device=image.device, dtype=torch.float32)
-    if size != coarse:  # only when subsample is given or the alpha is larger than the image
-        up = size[0] > coarse[0] or size[1] > coarse[1]
-        mode = "bilinear" if up else "area"
-        alpha = F.interpolate(alpha, size=size, mode=mode, **({"align_corners": False} if up else {}))
-    r_hw = (1, 1) if radius is None else _low_radius(radius, full, size)
-    out = _joint_upsample(guide, alpha, r_hw, eps)
-    return out.clamp(0.0, 1.0).to(alpha_lowres.dtype)

@@ -5,6 +5,7 @@ Expects a running Ray (``ray.init`` done by the caller: the command, a test fixt
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from collections.abc import Callable, Sequence
@@ -91,8 +92,43 @@ def run_dataset(
     run = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime())
     report = DatasetReport()
     out_dir.mkdir(parents=True, exist_ok=True)
-    for folder in [*(out_dir / kind for kind in KIND_MODES), out_dir / PARTS_FOLDER]:
-        report.removed_partials += len(remove_stale_partials(folder))
+    report.removed_partials += _remove_partials(out_dir, [*KIND_MODES, PARTS_FOLDER])
+    rows, pending = _resume(sources, out_dir, settings)
+    report.skipped = len(rows)
+    if progress is not None and rows:
+        progress(len(rows))
+    writer = ManifestWriter(out_dir, run)
+    if pending:
+        dataset = functools.partial(
+            build_dataset, ray, micro_batches(pending, settings.batch_size), context, spec, out_dir, settings,
+            resources, run, max_image_pixels, after_write,
+        )  # fmt: skip
+        _collect(ray, dataset, rows, writer, progress)
+    for index, source in pending:  # no result: complete outputs (written before a crash) count, as for --resume
+        if index not in rows:
+            complete = not source.is_uri and is_done(out_dir, source, settings.kinds)
+            rows[index] = _kept_row(index, source, None, out_dir, settings.kinds) if complete else _lost_row(
+                index, source, run
+            )
+    # partial files of a killed actor (its micro-batch was redone elsewhere)
+    report.removed_partials += _remove_partials(out_dir, KIND_MODES)
+    report.manifest = writer.finish(rows.values())
+    report.rows = [rows[index] for index in sorted(rows)]
+    report.failed = [(row["input"], row["error"]) for row in report.rows[: len(sources)] if row["status"] == "failed"]
+    report.written = len(pending) - len(report.failed)
+    report.seconds = time.perf_counter() - started
+    return report
+
+
+def _remove_partials(out_dir: Path, folders: Sequence[str]) -> int:
+    """Remove the partial files left by an interrupted write in ``OUT/<folder>``; how many were removed."""
+    return sum(len(remove_stale_partials(out_dir / folder)) for folder in folders)
+
+
+def _resume(
+    sources: Sequence[Source], out_dir: Path, settings: JobSettings
+) -> tuple[dict[int, dict], list[tuple[int, Source]]]:
+    """The manifest rows of inputs already complete (``--resume``), by index, and the ``(index, source)`` to do."""
     previous = read_manifest(out_dir) if settings.resume else {}
     done = _done(out_dir, sources, settings.kinds) if settings.resume else [False] * len(sources)
     rows: dict[int, dict] = {}
@@ -102,39 +138,24 @@ def run_dataset(
             rows[index] = _kept_row(index, source, previous.get(source.location), out_dir, settings.kinds)
         else:
             pending.append((index, source))
-    report.skipped = len(rows)
-    if progress is not None and rows:
-        progress(len(rows))
-    writer = ManifestWriter(out_dir, run)
-    if pending:
-        groups = micro_batches(pending, settings.batch_size)
-        context_settings = ray.data.DataContext.get_current()  # captured by the dataset when it is built
-        errored_blocks, context_settings.max_errored_blocks = context_settings.max_errored_blocks, -1
-        try:  # a micro-batch that fails on every attempt loses its rows, not the run (listed as failed below)
-            dataset = build_dataset(
-                ray, groups, context, spec, out_dir, settings, resources, run, max_image_pixels, after_write
-            )
-            for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
-                fresh = [row for row in batch.to_pylist() if row["index"] not in rows]  # a retried batch: first wins
-                rows.update((row["index"], row) for row in fresh)
-                writer.add(fresh)
-                if progress is not None and fresh:
-                    progress(len(fresh))
-        finally:
-            context_settings.max_errored_blocks = errored_blocks
-    for index, source in pending:  # no result: complete outputs (written before a crash) count, as for --resume
-        if index not in rows:
-            complete = not source.is_uri and is_done(out_dir, source, settings.kinds)
-            rows[index] = _kept_row(index, source, None, out_dir, settings.kinds) if complete else _lost_row(
-                index, source, run
-            )
-    for kind in KIND_MODES:  # partial files of a killed actor (its micro-batch was redone elsewhere)
-        report.removed_partials += len(remove_stale_partials(out_dir / kind))
-    report.manifest = writer.finish(rows.values())
-    report.rows = [rows[index] for index in sorted(rows)]
-    for row in report.rows[: len(sources)]:
-        if row["status"] == "failed":
-            report.failed.append((row["input"], row["error"]))
-    report.written = len(pending) - len(report.failed)
-    report.seconds = time.perf_counter() - started
-    return report
+    return rows, pending
+
+
+def _collect(
+    ray, build: Callable[[], object], rows: dict[int, dict], writer: ManifestWriter,
+    progress: Callable[[int], None] | None,
+) -> None:  # fmt: skip
+    """Build the dataset (``build()``) and run it, adding each input's first result row to ``rows`` and the
+    manifest. A micro-batch that fails on every attempt loses its rows, not the run (the caller lists them)."""
+    context_settings = ray.data.DataContext.get_current()  # captured by the dataset when it is built
+    errored_blocks, context_settings.max_errored_blocks = context_settings.max_errored_blocks, -1
+    try:
+        dataset = build()
+        for batch in dataset.iter_batches(batch_format="pyarrow", batch_size=None):
+            fresh = [row for row in batch.to_pylist() if row["index"] not in rows]  # a retried batch: first wins
+            rows.update((row["index"], row) for row in fresh)
+            writer.add(fresh)
+            if progress is not None and fresh:
+                progress(len(fresh))
+    finally:
+        context_settings.max_errored_blocks = errored_blocks

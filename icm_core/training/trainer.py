@@ -201,15 +201,7 @@ def train_decoder(
     dataset = load_dataset(dataset_root, config.groups_file)
     size = engine.extraction.image_size
     band = config.segmentation_band if config.segmentation_band is not None else max(1, size // 64)
-    decoder = copy.deepcopy(engine.decoder).to(engine.backend.device, torch.float32)
-    optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
-    start = 0
-    if config.resume:
-        state = load_training_state(out, decoder, optimizer)
-        start = state.step
-        _warn_changed_settings(state.document.get("config", {}), config)
-    if start >= config.steps:
-        logger.warning("the saved run is at step %d, config.steps is %d: nothing to train", start, config.steps)
+    decoder, optimizer, start = _start(engine, out, config)
     cache = None
     if config.cache_dir is not None:
         cache = FeatureCache(config.cache_dir, feature_fingerprint(engine.backend, engine.extraction))
@@ -220,16 +212,7 @@ def train_decoder(
     validation: list[tuple[int, float]] = []
     decoder.train()
     for step in range(start, config.steps):
-        started = time.perf_counter()
-        plan = sampler.plan(step)
-        lr = config.learning_rate * warmup_factor(step, config.warmup_steps)
-        for group in optimizer.param_groups:
-            group["lr"] = lr
-        loss, parts = _train_step(decoder, optimizer, features, plan, band, config.loss_weights)
-        record = StepLog(
-            step + 1, loss, parts, lr, plan.group, plan.reference.name, tuple(t.name for t in plan.targets),
-            time.perf_counter() - started,
-        )  # fmt: skip
+        record = _logged_step(step, decoder, optimizer, features, sampler, config, band)
         history.append(record)
         log.append({"kind": "train", **dataclasses.asdict(record)})
         if progress is not None:
@@ -249,6 +232,44 @@ def train_decoder(
         log_file=out / LOG_NAME, cache_hits=cache.hits if cache else 0, cache_misses=cache.misses if cache else 0,
     )  # fmt: skip
 
+
+
+def _start(
+    engine: IconMatting, out: Path, config: TrainingConfig
+) -> tuple[InContextDecoder, torch.optim.Optimizer, int]:
+    """A trainable fp32 copy of the engine's decoder, its optimizer and the first step (restored with ``resume``)."""
+    decoder = copy.deepcopy(engine.decoder).to(engine.backend.device, torch.float32)
+    optimizer = torch.optim.AdamW(decoder.parameters(), lr=config.learning_rate, weight_decay=config.weight_decay)
+    start = 0
+    if config.resume:
+        state = load_training_state(out, decoder, optimizer)
+        start = state.step
+        _warn_changed_settings(state.document.get("config", {}), config)
+    if start >= config.steps:
+        logger.warning("the saved run is at step %d, config.steps is %d: nothing to train", start, config.steps)
+    return decoder, optimizer, start
+
+
+def _logged_step(
+    step: int,
+    decoder: InContextDecoder,
+    optimizer: torch.optim.Optimizer,
+    features: _Features,
+    sampler: PairSampler,
+    config: TrainingConfig,
+    band: int,
+) -> StepLog:
+    """Train step ``step`` (0-based) at its warm-up learning rate; what it did, as the :class:`StepLog` of step+1."""
+    started = time.perf_counter()
+    plan = sampler.plan(step)
+    lr = config.learning_rate * warmup_factor(step, config.warmup_steps)
+    for group in optimizer.param_groups:
+        group["lr"] = lr
+    loss, parts = _train_step(decoder, optimizer, features, plan, band, config.loss_weights)
+    return StepLog(
+        step + 1, loss, parts, lr, plan.group, plan.reference.name, tuple(t.name for t in plan.targets),
+        time.perf_counter() - started,
+    )  # fmt: skip
 
 def _train_step(
     decoder: InContextDecoder,

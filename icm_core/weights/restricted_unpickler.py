@@ -23,7 +23,6 @@ from __future__ import annotations
 
 import _compat_pickle
 import collections
-import io
 import pickle
 import threading
 import warnings
@@ -51,18 +50,15 @@ __all__ = [
     "MAX_PICKLE_OPCODES",
     "CheckpointPlaceholder",
     "LoadedStorage",
-    "RestrictedPickleModule",
     "RestrictedUnpickler",
     "StorageType",
     "allowed_globals",
-    "make_restricted_pickle_module",
     "placeholder_for",
 ]
 
 # A state dict costs ~25 opcodes per tensor; this allows ~40k tensors and caps the Python objects a pickle can
 # create (each opcode makes at most one small object) at a few hundred MB even for hostile files.
 MAX_PICKLE_OPCODES = 1_000_000
-_DEFAULT_MAX_BYTES = 64 * 1024 * 1024
 
 
 class _FrozenClass(type):
@@ -289,28 +285,3 @@ class RestrictedUnpickler(pickle._Unpickler):
         if self._persistent is None:
             raise refuse(f"persistent id {str(pid)[:80]} outside a torch checkpoint")
         return self._persistent(pid)
-
-
-class RestrictedPickleModule:
-    """A ``pickle``-like object (``loads`` / ``load``) over :class:`RestrictedUnpickler`, for plain pickles.
-
-    ``placeholders`` collects the qualified names of every global replaced by a placeholder.
-    """
-
-    def __init__(self) -> None:
-        self.__name__ = __name__
-        self.placeholders: set[str] = set()
-
-    def load(self, file: BinaryIO, max_bytes: int | None = None) -> Any:
-        """Unpickle one object from ``file`` (no persistent ids; lengths bounded by ``max_bytes``)."""
-        bound = max_bytes if max_bytes is not None else _DEFAULT_MAX_BYTES
-        return RestrictedUnpickler(file, max_bytes=bound, placeholders=self.placeholders).load()
-
-    def loads(self, data: bytes) -> Any:
-        """Unpickle one object from ``data``."""
-        return self.load(io.BytesIO(data), max_bytes=len(data))
-
-
-def make_restricted_pickle_module() -> RestrictedPickleModule:
-    """Create a fresh restricted pickle module (its own ``placeholders`` record)."""
-    return RestrictedPickleModule()
