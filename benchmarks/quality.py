@@ -8,7 +8,8 @@ one :func:`icm_core.evaluation.evaluate.evaluate_dataset` run (the ``evaluate`` 
 that differs from the baseline (trained decoder, mask prompt, 1 reference, stretch, no refinement, ensemble 2,
 128 px = the model's size) in one setting. Metrics are averaged over the same 64 targets in every row: images 4..11
 of each group (so 1, 2 or 4 references leave the targets unchanged). The same scenes are rendered at 2x and 4x for
-the refinement rows and at 128 x 192 (wider than tall) for the fit rows.
+the refinement rows and, for the fit rows, at 128 x 192 (wider than tall; references stay 128 x 128) with metrics at
+the targets' own size (``resolution="original"``).
 
 Target features do not depend on the reference, so runs that differ only in the reference side share them:
 :class:`MemoizedBackend` keeps the UNet outputs of each distinct input (exact bytes), which is what makes 17
@@ -36,7 +37,7 @@ from icm_core.features.noise import LatentDistribution
 from icm_core.metrics import MattingErrors
 from icm_core.pipeline import IconMatting
 from icm_core.prompts import DEFAULT_TOP_M
-from icm_core.synthetic.datasets import SyntheticSplit, write_synthetic_dataset
+from icm_core.synthetic.datasets import SyntheticSplit, stem, write_synthetic_dataset
 from icm_core.synthetic.demo_model import DEMO_DECODER, load_demo_engine
 from icm_core.tiny import build_tiny_decoder
 from icm_core.types import UNetFeatures
@@ -74,9 +75,9 @@ VARIANTS = (
     Variant("references", "1 reference"),
     Variant("references", "2 references", protocol={"num_references": 2}),
     Variant("references", "4 references", protocol={"num_references": 4}),
-    Variant("fit", "stretch (128 x 192 targets)", rendering="wide", protocol={"fit": "stretch"}),
-    Variant("fit", "pad (128 x 192 targets)", rendering="wide", protocol={"fit": "pad"}),
-    Variant("fit", "crop (128 x 192 targets)", rendering="wide", protocol={"fit": "crop"}),
+    Variant("fit", "stretch (128 x 192 targets)", rendering="wide", protocol={"fit": "stretch", "resolution": "original"}),
+    Variant("fit", "pad (128 x 192 targets)", rendering="wide", protocol={"fit": "pad", "resolution": "original"}),
+    Variant("fit", "crop (128 x 192 targets)", rendering="wide", protocol={"fit": "crop", "resolution": "original"}),
     Variant("refinement", "2x (256 px): off", rendering="2x"),
     Variant("refinement", "2x (256 px): on", rendering="2x", protocol={"refine": True}),
     Variant("refinement", "4x (512 px): off", rendering="4x"),
@@ -185,7 +186,8 @@ class Yardstick:
     def root(self, rendering: str) -> Path:
         if rendering not in self._roots:
             root = self.work / f"heldout_{rendering}"
-            write_synthetic_dataset(root, replace(HELDOUT, size=RENDERINGS[rendering]))
+            size = RENDERINGS[rendering]
+            write_synthetic_dataset(root, replace(HELDOUT, size=size, reference_size=min(size) if isinstance(size, tuple) else None))
             self._roots[rendering] = root
         return self._roots[rendering]
 
@@ -207,9 +209,43 @@ class Yardstick:
         return Row(variant, mean_errors(common), len(common), seconds)
 
 
+def context_check(yardstick: Yardstick, seed: int = 0) -> tuple[float, float]:
+    """Does the model matte *in context*? Mean SAD of the held-out targets (images 4..11) of every category when the
+    reference is that category's first reference scene vs when it is another category's (all 7 others).
+
+    Returns:
+        ``(right, wrong)`` mean SAD / 1000; a model that ignores its reference gives ``right == wrong``.
+    """
+    from icm_core.io.images import read_image, read_mask
+    from icm_core.metrics import compute_all
+
+    root, engine = yardstick.root("1x"), yardstick.engine(Variant("context", "trained"))
+    categories = HELDOUT.categories
+    contexts = {}
+    for category in categories:
+        name = stem(category, 0)
+        contexts[category] = engine.encode_reference(
+            read_image(root / "image" / f"{name}.png"), read_mask(root / "alpha" / f"{name}.png"), seed=seed
+        )
+    right, wrong = [], []
+    for category in categories:
+        names = [stem(category, index) for index in range(COMMON_FROM, HELDOUT.images_per_category)]
+        images = [read_image(root / "image" / f"{name}.png") for name in names]
+        truths = [read_mask(root / "alpha" / f"{name}.png") for name in names]
+        for reference in categories:
+            alphas = engine.matte(contexts[reference], images, seed=seed, batch_size=8)
+            errors = [compute_all(alpha, truth).sad for alpha, truth in zip(alphas, truths)]
+            (right if reference == category else wrong).extend(errors)
+    return sum(right) / len(right), sum(wrong) / len(wrong)
+
+
 def measure(variants: Sequence[Variant], work: Path, decoder_path: Path = DEMO_DECODER) -> list[Row]:
     """Evaluate ``variants`` on the held-out scenes rendered into ``work`` (a fresh folder)."""
-    yardstick = Yardstick(work, decoder_path)
+    return measure_with(Yardstick(work, decoder_path), variants)
+
+
+def measure_with(yardstick: Yardstick, variants: Sequence[Variant]) -> list[Row]:
+    """Evaluate ``variants`` with an existing :class:`Yardstick` (its rendered sets and remembered features)."""
     rows = []
     for variant in variants:
         rows.append(yardstick.measure(variant))
@@ -236,11 +272,21 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines).strip()
 
 
-def write_document(rows: Sequence[Row], path: Path) -> None:
-    """Replace the block between the markers of ``path`` with the tables (the hand-written text stays)."""
+def context_table(right: float, wrong: float) -> str:
+    """The :func:`context_check` result as a markdown table."""
+    return "\n".join([
+        "**in context** (64 targets x 8 references: its own category's first reference scene, or one of the 7 others)",
+        "", "| reference | SAD | SAD vs right reference |", "|---|---:|---:|",
+        f"| same category (right) | {right:.3f} | x1.00 |",
+        f"| another category (wrong) | {wrong:.3f} | x{wrong / right:.2f} |",
+    ])  # fmt: skip
+
+
+def write_document(tables: str, path: Path) -> None:
+    """Replace the block between the markers of ``path`` with ``tables`` (the hand-written text stays)."""
     text = path.read_text(encoding="utf-8")
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    path.write_text(text[:start] + "\n" + table(rows) + "\n" + text[end:], encoding="utf-8")
+    path.write_text(text[:start] + "\n" + tables + "\n" + text[end:], encoding="utf-8")
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -253,10 +299,13 @@ def main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="icm_quality_") as scratch:
-        rows = measure(VARIANTS, args.work or Path(scratch) / "work", args.decoder)
-    print(table(rows))
+        yardstick = Yardstick(args.work or Path(scratch) / "work", args.decoder)
+        rows = measure_with(yardstick, VARIANTS)
+        right, wrong = context_check(yardstick)
+    text = table(rows) + "\n\n" + context_table(right, wrong)
+    print(text)
     if args.out is not None:
-        write_document(rows, args.out)
+        write_document(text, args.out)
         print(f"updated {args.out}")
     return 0
 

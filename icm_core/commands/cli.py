@@ -81,9 +81,11 @@ def _run_convert(args: argparse.Namespace) -> int:
 
 def _run_demo(args: argparse.Namespace) -> int:
     from ..synthetic.demo_model import DEMO_NOTICE
-    from .demo import run_demo
+    from ..loader import find_default_weights
+    from .demo import check_outputs_free, run_demo
 
     models_dir = args.models_dir or default_models_dir()
+    check_outputs_free(args.out, demo_model=find_default_weights(models_dir) is None, overwrite=args.overwrite)
     with tqdm(total=3, unit="image", desc="demo") as bar:
         result = run_demo(
             args.out, models_dir, runtime(args), progress=lambda done, total: bar.update(done - bar.n),

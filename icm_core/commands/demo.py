@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples"
 TARGET_NAMES = ("target_1", "target_2", "target_3")
 # The demo model's job: held-out scenes (seeds the training set never uses) of one category, at 2x its 128 px.
-DEMO_CATEGORY = "furball"
+DEMO_CATEGORY = "gear"
 DEMO_SEEDS = (20_000, 20_001, 20_002)
 DEMO_REFERENCE_SEED = 20_100
 DEMO_SIZE = 256
@@ -75,7 +75,7 @@ def run_demo(
             any model loads; nothing is written).
     """
     weights = find_default_weights(models_dir)
-    _check_outputs_free(output_dir, demo_model=weights is None, overwrite=overwrite)
+    check_outputs_free(output_dir, demo_model=weights is None, overwrite=overwrite)
     if weights is None:
         logger.warning(DEMO_NOTICE.format(models_dir=models_dir))
         engine: IconMatting = load_demo_engine(device=run.device)
@@ -106,7 +106,8 @@ def output_names(demo_model: bool) -> tuple[str, ...]:
     return tuple(names)
 
 
-def _check_outputs_free(output_dir: Path, demo_model: bool, overwrite: bool) -> None:
+def check_outputs_free(output_dir: Path, demo_model: bool, overwrite: bool) -> None:
+    """Raise :class:`CommandError` if ``output_dir`` is a file or already holds a file the demo would write."""
     if output_dir.exists() and not output_dir.is_dir():
         raise CommandError(f"--out {output_dir} is a file; expected a folder for the demo's outputs.")
     taken = [name for name in output_names(demo_model) if (output_dir / name).exists()]

@@ -41,6 +41,8 @@ class SyntheticSplit:
         categories: the groups (default: every category).
         reference_every: if > 0, also every ``reference_every``-th later image is a reference scene (training
             sets: more usable references).
+        reference_size: size of the reference scenes when it differs from ``size`` (e.g. square references
+            beside wide targets); None = ``size``.
     """
 
     images_per_category: int
@@ -49,6 +51,7 @@ class SyntheticSplit:
     references: int = 1
     categories: tuple[str, ...] = CATEGORIES
     reference_every: int = 0
+    reference_size: int | tuple[int, int] | None = None
 
     def __post_init__(self) -> None:
         if self.images_per_category < 1:
@@ -102,7 +105,9 @@ def _render_into(folder: Path, split: SyntheticSplit) -> dict[str, list[str]]:
     for category in split.categories:
         names = groups.setdefault(category, [])
         for index in range(split.images_per_category):
-            scene = render_scene(category, split.first_seed + index, split.size, split.is_reference(index))
+            reference = split.is_reference(index)
+            size = split.reference_size if reference and split.reference_size is not None else split.size
+            scene = render_scene(category, split.first_seed + index, size, reference)
             name = stem(category, index)
             Image.fromarray(_to_uint8(scene.image)).save(folder / "image" / f"{name}.png")
             Image.fromarray(_to_uint8(scene.alpha)).save(folder / "alpha" / f"{name}.png")

@@ -139,10 +139,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = regenerate(args.work)
-    print(f"wrote {result}")
+    logger.info("wrote %s", result)
     if args.install:
         shutil.copyfile(result, DEMO_DECODER)
-        print(f"installed it as {DEMO_DECODER}")
+        logger.info("installed it as %s", DEMO_DECODER)
     return 0
 
 
