@@ -1,9 +1,10 @@
 """The small demo model: the tiny seeded feature extractor + a decoder trained on procedural scenes.
 
 No real weights can ship with the package, so the demo (``python -m icm_core demo``) runs this model when the real
-SD 2.1 + IconMatting weights are absent. It mattes the synthetic scenes of :mod:`.scenes` in context (the category of
-the reference, not its distractors); it knows nothing about photographs and its quality says nothing about
-IconMatting's. ``docs/quality.md`` measures it.
+SD 2.1 + IconMatting weights are absent. It is trained to matte the synthetic scenes of :mod:`.scenes` in context
+(the reference's category, not its distractors); measured, it finds the scenes' objects but does not yet use its
+reference, because the random feature extractor cannot tell the categories apart (``docs/quality.md``). It knows
+nothing about photographs and its quality says nothing about IconMatting's.
 
 * Feature extractor: :func:`icm_core.tiny.build_tiny_backend` (seed 0; SD 2.1 block layout, narrow widths,
   random weights), rebuilt from its seed on every load; :data:`BACKEND_FINGERPRINT` pins it, so a torch or
