@@ -34,6 +34,7 @@ from icm_core.evaluation.evaluate import EvaluationProtocol, evaluate_dataset
 from icm_core.evaluation.results import mean_errors
 from icm_core.features.backend import FeatureBackend
 from icm_core.features.noise import LatentDistribution
+from icm_core.io.file_safety import write_text_atomic
 from icm_core.metrics import MattingErrors
 from icm_core.pipeline import IconMatting
 from icm_core.prompts import DEFAULT_TOP_M
@@ -286,7 +287,7 @@ def write_document(tables: str, path: Path) -> None:
     """Replace the block between the markers of ``path`` with ``tables`` (the hand-written text stays)."""
     text = path.read_text(encoding="utf-8")
     start, end = text.index(BEGIN) + len(BEGIN), text.index(END)
-    path.write_text(text[:start] + "\n" + tables + "\n" + text[end:], encoding="utf-8")
+    write_text_atomic(text[:start] + "\n" + tables + "\n" + text[end:], path)
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -141,8 +141,10 @@ def _main(argv: Sequence[str] | None = None) -> int:
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = regenerate(args.work)
     logger.info("wrote %s", result)
-    if args.install:
-        shutil.copyfile(result, DEMO_DECODER)
+    if args.install:  # copy next to the shipped file, then rename: never a half-written decoder
+        staged = DEMO_DECODER.with_name(f".{DEMO_DECODER.name}.installing")
+        shutil.copyfile(result, staged)
+        staged.replace(DEMO_DECODER)
         logger.info("installed it as %s", DEMO_DECODER)
     return 0
 
