@@ -210,12 +210,13 @@ class Yardstick:
         return Row(variant, mean_errors(common), len(common), seconds)
 
 
-def context_check(yardstick: Yardstick, seed: int = 0) -> tuple[float, float]:
-    """Does the model matte *in context*? Mean SAD of the held-out targets (images 4..11) of every category when the
-    reference is that category's first reference scene vs when it is another category's (all 7 others).
+def context_matrix(yardstick: Yardstick, seed: int = 0) -> dict[tuple[str, str], float]:
+    """Does the model matte *in context*? Mean SAD / 1000 of each category's held-out targets (images 4..11) with the
+    first reference scene of every category as the reference.
 
     Returns:
-        ``(right, wrong)`` mean SAD / 1000; a model that ignores its reference gives ``right == wrong``.
+        ``{(target category, reference category): mean SAD}`` over all 8 x 8 pairs; a model that ignores its
+        reference gives rows of equal values, one that uses it the lowest value on the diagonal.
     """
     from icm_core.io.images import read_image, read_mask
     from icm_core.metrics import compute_all
@@ -228,15 +229,26 @@ def context_check(yardstick: Yardstick, seed: int = 0) -> tuple[float, float]:
         contexts[category] = engine.encode_reference(
             read_image(root / "image" / f"{name}.png"), read_mask(root / "alpha" / f"{name}.png"), seed=seed
         )
-    right, wrong = [], []
+    sad = {}
     for category in categories:
         names = [stem(category, index) for index in range(COMMON_FROM, HELDOUT.images_per_category)]
         images = [read_image(root / "image" / f"{name}.png") for name in names]
         truths = [read_mask(root / "alpha" / f"{name}.png") for name in names]
         for reference in categories:
             alphas = engine.matte(contexts[reference], images, seed=seed, batch_size=8)
-            errors = [compute_all(alpha, truth).sad for alpha, truth in zip(alphas, truths)]
-            (right if reference == category else wrong).extend(errors)
+            sad[category, reference] = sum(compute_all(a, t).sad for a, t in zip(alphas, truths)) / len(names)
+    return sad
+
+
+def context_check(yardstick: Yardstick, seed: int = 0) -> tuple[float, float]:
+    """``(right, wrong)``: mean SAD / 1000 of :func:`context_matrix` with the target's own category as the
+    reference vs with each of the 7 others (every target weighs the same); ``right == wrong``: no use of it."""
+    return _right_and_wrong(context_matrix(yardstick, seed))
+
+
+def _right_and_wrong(sad: dict[tuple[str, str], float]) -> tuple[float, float]:
+    right = [value for (target, reference), value in sad.items() if target == reference]
+    wrong = [value for (target, reference), value in sad.items() if target != reference]
     return sum(right) / len(right), sum(wrong) / len(wrong)
 
 
@@ -273,14 +285,23 @@ def table(rows: Sequence[Row]) -> str:
     return "\n".join(lines).strip()
 
 
-def context_table(right: float, wrong: float) -> str:
-    """The :func:`context_check` result as a markdown table."""
-    return "\n".join([
+def context_table(sad: dict[tuple[str, str], float]) -> str:
+    """The :func:`context_matrix` result as markdown: right vs wrong reference, then the matrix per category."""
+    right, wrong = _right_and_wrong(sad)
+    categories = list(dict.fromkeys(target for target, _ in sad))
+    lines = [
         "**in context** (64 targets x 8 references: its own category's first reference scene, or one of the 7 others)",
         "", "| reference | SAD | SAD vs right reference |", "|---|---:|---:|",
         f"| same category (right) | {right:.3f} | x1.00 |",
         f"| another category (wrong) | {wrong:.3f} | x{wrong / right:.2f} |",
-    ])  # fmt: skip
+        "", "SAD per target category (rows) and reference category (columns); bold: the row's best.", "",
+        "| target \\ reference | " + " | ".join(categories) + " |", "|---|" + "---:|" * len(categories),
+    ]  # fmt: skip
+    for target in categories:
+        row = [sad[target, reference] for reference in categories]
+        cells = [f"**{v:.2f}**" if v == min(row) else f"{v:.2f}" for v in row]
+        lines.append(f"| {target} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
 
 
 def write_document(tables: str, path: Path) -> None:
@@ -302,8 +323,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     with tempfile.TemporaryDirectory(prefix="icm_quality_") as scratch:
         yardstick = Yardstick(args.work or Path(scratch) / "work", args.decoder)
         rows = measure_with(yardstick, VARIANTS)
-        right, wrong = context_check(yardstick)
-    text = table(rows) + "\n\n" + context_table(right, wrong)
+        matrix = context_matrix(yardstick)
+    text = table(rows) + "\n\n" + context_table(matrix)
     print(text)
     if args.out is not None:
         write_document(text, args.out)

@@ -27,6 +27,7 @@ from icm_core.training import (
     segmentation_loss,
     train_decoder,
     uncertain_band,
+    cooldown_factor,
     warmup_factor,
 )
 from icm_core.weights.decoder import load_decoder, random_decoder_inputs
@@ -109,6 +110,14 @@ def test_segmentation_loss_ignores_the_uncertain_band():
 def test_warmup_is_linear():
     assert [warmup_factor(step, 4) for step in range(6)] == [0.25, 0.5, 0.75, 1.0, 1.0, 1.0]
     assert warmup_factor(0, 0) == 1.0
+
+
+def test_cooldown_falls_linearly_over_the_last_steps():
+    assert [cooldown_factor(step, 4, 10) for step in range(10)] == [1, 1, 1, 1, 1, 1, 1.0, 0.75, 0.5, 0.25]
+    assert cooldown_factor(3, 0, 10) == 1.0
+    assert cooldown_factor(0, 20, 10) == 0.5  # longer than the run: it starts lower
+    with pytest.raises(ValueError, match="cooldown_steps"):
+        TrainingConfig(cooldown_steps=-1)
 
 
 # ----------------------------------------------------------------------------------------------- training
@@ -214,3 +223,12 @@ def test_cli_train_and_resume(dataset, cache_dir, tmp_path, capsys):
     lines = (tmp_path / "loss_log.jsonl").read_text().splitlines()
     assert [json.loads(line)["step"] for line in lines] == [1, 2, 3]
     assert load_decoder(tmp_path / "decoder.safetensors").config.image_size == 128
+
+
+def test_cli_cooldown_lowers_the_rate_over_the_last_steps(dataset, cache_dir, tmp_path):
+    arguments = ["train", str(dataset), "--out", str(tmp_path), "--tiny", "--batch-size", "1", "--fixed-crops",
+                 "--cache-dir", str(cache_dir), "--warmup-steps", "0", "--lr", "1e-3", "--steps", "4",
+                 "--cooldown-steps", "2"]  # fmt: skip
+    assert main(arguments) == 0
+    lines = [json.loads(line) for line in (tmp_path / "loss_log.jsonl").read_text().splitlines()]
+    assert [line["lr"] for line in lines] == pytest.approx([1e-3, 1e-3, 1e-3, 5e-4])

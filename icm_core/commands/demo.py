@@ -3,7 +3,7 @@
 * With the real weights in the models folder (see :func:`icm_core.loader.default_models_dir`): IconMatting on
   the sample images shipped in ``assets/samples``.
 * Without them: the small demo model (:mod:`icm_core.synthetic.demo_model`, a decoder trained on procedural
-  scenes over a tiny random SD) on procedural scenes of the kind it was trained on, rendered on the fly; its
+  scenes over a tiny SD-layout feature extractor) on procedural scenes of the kind it was trained on, rendered on the fly; its
   inputs and their ground truth are written next to its mattes so the overview can show both. It says so
   plainly: its quality says nothing about IconMatting's.
 """
@@ -33,7 +33,7 @@ logger = logging.getLogger(__name__)
 SAMPLES_DIR = Path(__file__).resolve().parents[1] / "assets" / "samples"
 TARGET_NAMES = ("target_1", "target_2", "target_3")
 # The demo model's job: held-out scenes (seeds the training set never uses) of one category, at 2x its 128 px.
-DEMO_CATEGORY = "gear"
+DEMO_CATEGORY = "star"
 DEMO_SEEDS = (20_000, 20_001, 20_002)
 DEMO_REFERENCE_SEED = 20_100
 DEMO_SIZE = 256

@@ -26,6 +26,7 @@ AUTOCAST_DTYPES = ("bf16", "fp16")
 DEFAULT_ENSEMBLE = 4
 TINY_ENSEMBLE = 2
 TINY_IMAGE_SIZE = 128
+TINY_EXTRACTORS = ("random", "demo")
 TINY_HELP = (
     "FOR TESTING ONLY: use a tiny random untrained SD + decoder (icm_core.tiny, 128 px) instead of real weights; "
     "--sd is ignored and the numbers mean nothing"
@@ -80,6 +81,9 @@ def add_weight_options(parser: argparse.ArgumentParser, decoder_help: str) -> No
     parser.add_argument("--debug", action="store_true", default=argparse.SUPPRESS, help="show tracebacks")
     testing = parser.add_argument_group("testing")
     testing.add_argument("--tiny", action="store_true", help=TINY_HELP)
+    testing.add_argument("--tiny-extractor", choices=TINY_EXTRACTORS, default=None,
+                         help="with --tiny: 'random' (default) seeded random weights; 'demo' the demo model's constructed "
+                              "feature extractor (icm_core.synthetic.demo_extractor) the shipped demo decoder is trained on")
 
 
 def runtime(args: argparse.Namespace) -> Runtime:
@@ -95,8 +99,11 @@ def check_weight_options(args: argparse.Namespace, decoder_required: bool = True
     Raises:
         CommandError: --sd (or a required --decoder) is missing.
     """
+    extractor = getattr(args, "tiny_extractor", None)
     if getattr(args, "tiny", False):
         return
+    if extractor is not None:
+        raise CommandError(f"--tiny-extractor {extractor} chooses the weights of --tiny's model; add --tiny.")
     if args.sd is None:
         raise CommandError("--sd is required (SD 2.1 diffusers folder or single checkpoint file).")
     if decoder_required and args.decoder is None:
@@ -117,18 +124,27 @@ def build_engine(args: argparse.Namespace, decoder: InContextDecoder | None = No
         raise CommandError(str(error)) from error
 
 
+def _tiny_engine(args: argparse.Namespace, decoder: InContextDecoder | None, ensemble: int) -> IconMatting:
+    """``--tiny``: the seeded tiny backend (random or the demo's constructed one) + ``decoder`` or the tiny one."""
+    from ..tiny import build_tiny_backend, build_tiny_decoder
+
+    if getattr(args, "tiny_extractor", None) == "demo":
+        from ..synthetic.demo_extractor import build_demo_backend
+
+        backend = build_demo_backend(seed=0, device=args.device)
+    else:
+        backend = build_tiny_backend(seed=0, device=args.device)
+    decoder = decoder if decoder is not None else build_tiny_decoder(seed=0, image_size=TINY_IMAGE_SIZE)
+    return IconMatting(backend, decoder, ExtractionConfig(args.timestep, ensemble, decoder.config.image_size))
+
+
 def _build_engine(args: argparse.Namespace, decoder: InContextDecoder | None) -> IconMatting:
     tiny = getattr(args, "tiny", False)
     ensemble = args.ensemble if args.ensemble is not None else (TINY_ENSEMBLE if tiny else DEFAULT_ENSEMBLE)
     if decoder is None and args.decoder is not None:
         decoder = load_decoder(args.decoder)
     if tiny:
-        from ..tiny import build_tiny_engine
-
-        engine = build_tiny_engine(seed=0, image_size=TINY_IMAGE_SIZE, ensemble_size=ensemble, device=args.device)
-        if decoder is None:
-            return engine
-        return IconMatting(engine.backend, decoder, ExtractionConfig(args.timestep, ensemble, decoder.config.image_size))
+        return _tiny_engine(args, decoder, ensemble)
     check_weight_options(args, decoder_required=decoder is None)
     extraction = ExtractionConfig(args.timestep, ensemble, decoder.config.image_size)
     run = runtime(args)

@@ -39,6 +39,8 @@ def add_train_parser(subparsers: argparse._SubParsersAction) -> argparse.Argumen
     parser.add_argument("--lr", type=checks.positive_float, default=4e-4, help="AdamW learning rate (default 4e-4)")
     parser.add_argument("--weight-decay", type=checks.non_negative_float, default=0.01, help="AdamW weight decay (default 0.01)")
     parser.add_argument("--warmup-steps", type=checks.int_range(0), default=250, help="linear warm-up steps (default 250)")
+    parser.add_argument("--cooldown-steps", type=checks.int_range(0), default=0,
+                        help="the learning rate falls linearly to ~0 over the last N steps (default 0: constant)")
     parser.add_argument("--seed", type=checks.seed, default=0, help="sampling / noise / init seed, 0..2**64-1")
     parser.add_argument(
         "--fixed-crops", action="store_true",
@@ -101,6 +103,7 @@ def run_train(args: argparse.Namespace) -> int:
             learning_rate=args.lr,
             weight_decay=args.weight_decay,
             warmup_steps=args.warmup_steps,
+            cooldown_steps=args.cooldown_steps,
             seed=args.seed,
             fixed_crops=args.fixed_crops,
             cache_dir=args.cache_dir,

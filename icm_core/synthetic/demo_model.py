@@ -1,14 +1,15 @@
-"""The small demo model: the tiny seeded feature extractor + a decoder trained on procedural scenes.
+"""The small demo model: the tiny constructed feature extractor + a decoder trained on procedural scenes.
 
 No real weights can ship with the package, so the demo (``python -m icm_core demo``) runs this model when the real
-SD 2.1 + IconMatting weights are absent. It is trained to matte the synthetic scenes of :mod:`.scenes` in context
-(the reference's category, not its distractors); measured, it finds the scenes' objects but does not yet use its
-reference, because the random feature extractor cannot tell the categories apart (``docs/quality.md``). It knows
-nothing about photographs and its quality says nothing about IconMatting's.
+SD 2.1 + IconMatting weights are absent. It mattes the synthetic scenes of :mod:`.scenes` in context: the
+reference's category, not the distractors of other categories next to it (measured in ``docs/quality.md``: a
+reference of the wrong category makes it several times worse). It knows nothing about photographs and its quality
+says nothing about IconMatting's.
 
-* Feature extractor: :func:`icm_core.tiny.build_tiny_backend` (seed 0; SD 2.1 block layout, narrow widths,
-  random weights), rebuilt from its seed on every load; :data:`BACKEND_FINGERPRINT` pins it, so a torch or
-  diffusers release that initialises it differently gives a clear error instead of meaningless mattes.
+* Feature extractor: :func:`icm_core.synthetic.demo_extractor.build_demo_backend` (seed 0; the tiny SD 2.1 block
+  layout with constructed weights that keep colour and texture per token), rebuilt on every load;
+  :data:`BACKEND_FINGERPRINT` pins it, so a torch or diffusers release that builds it differently gives a clear
+  error instead of meaningless mattes.
 * Decoder: ``icm_core/assets/demo_decoder.safetensors`` (~1.6 MB), trained by the project's own ``train`` command
   (:data:`RECIPE`): ``python -m icm_core.synthetic.demo_model --work DIR`` renders the training scenes, trains and
   writes ``DIR/demo_decoder.safetensors`` (``--install`` replaces the shipped file).
@@ -34,12 +35,12 @@ logger = logging.getLogger(__name__)
 
 DEMO_DECODER = Path(__file__).resolve().parents[1] / "assets" / "demo_decoder.safetensors"
 DEMO_NOTICE = (
-    "No real weights found in {models_dir}: running the SMALL DEMO MODEL trained on synthetic scenes (tiny random "
-    "SD + a decoder trained on procedural shapes). It mattes the demo scenes only and says nothing about "
+    "No real weights found in {models_dir}: running the SMALL DEMO MODEL trained on synthetic scenes (a tiny "
+    "SD-layout feature extractor + a decoder trained on procedural shapes). It mattes the demo scenes only and says nothing about "
     "IconMatting's quality; install the real weights for photos (README, 'Weights')."
 )
-# feature_fingerprint of build_tiny_backend(seed=0) at 128 px, ensemble 2 (what the shipped decoder was trained on)
-BACKEND_FINGERPRINT = "227a8d2502b2c4a2"
+# feature_fingerprint of build_demo_backend(seed=0) at 128 px, ensemble 2 (what the shipped decoder was trained on)
+BACKEND_FINGERPRINT = "9d7f8acec74250c1"
 
 
 @dataclass(frozen=True)
@@ -47,26 +48,29 @@ class DemoRecipe:
     """How the shipped demo decoder is made (the arguments of ``python -m icm_core train``).
 
     Attributes:
-        split: the training scenes (48 per category at 128 px, seeds 0..47; held-out sets use seeds >= 10000).
-        steps, batch_size, learning_rate, warmup_steps, seed: training settings (constant rate after warm-up).
+        split: the training scenes (160 per category at 128 px, seeds 0..159; held-out sets use seeds >= 10000).
+        steps, batch_size, learning_rate, warmup_steps, cooldown_steps, seed: training settings (constant rate
+            after the warm-up, then falling linearly to ~0 over the last ``cooldown_steps``).
         threads: torch CPU threads while training: one thread gives the same sums on every machine, and these
             tiny models gain little from more (on a busy machine, spinning threads make it several times slower).
     """
 
-    split: SyntheticSplit = SyntheticSplit(48, size=128, first_seed=0, references=0, reference_every=3)
-    steps: int = 2000
+    split: SyntheticSplit = SyntheticSplit(160, size=128, first_seed=0, references=0, reference_every=3)
+    steps: int = 3000
     batch_size: int = 4
     learning_rate: float = 1e-3
     warmup_steps: int = 30
+    cooldown_steps: int = 1500
     seed: int = 0
     threads: int = 1
 
     def train_arguments(self, dataset: Path, run: Path, cache: Path) -> list[str]:
-        """``python -m icm_core`` arguments that train the decoder (tiny backend, fixed crops, feature cache)."""
+        """``python -m icm_core`` arguments that train the decoder (demo extractor, fixed crops, feature cache)."""
         return [
-            "train", str(dataset), "--tiny", "--out", str(run), "--steps", str(self.steps),
+            "train", str(dataset), "--tiny", "--tiny-extractor", "demo", "--out", str(run), "--steps", str(self.steps),
             "--batch-size", str(self.batch_size), "--lr", str(self.learning_rate),
-            "--warmup-steps", str(self.warmup_steps), "--seed", str(self.seed),
+            "--warmup-steps", str(self.warmup_steps),
+            "--cooldown-steps", str(self.cooldown_steps), "--seed", str(self.seed),
             "--fixed-crops", "--cache-dir", str(cache), "--checkpoint-every", str(self.steps),
         ]  # fmt: skip
 
@@ -79,13 +83,13 @@ class DemoModelError(RuntimeError):
 
 
 def load_demo_engine(device: str | torch.device = "cpu", decoder_path: Path = DEMO_DECODER) -> IconMatting:
-    """The demo engine: tiny seeded backend (128 px, ensemble 2) + the trained demo decoder.
+    """The demo engine: the constructed demo extractor (128 px, ensemble 2) + the trained demo decoder.
 
     Raises:
         DemoModelError: the decoder file is missing, or the rebuilt backend is not the one it was trained on.
     """
-    from ..tiny import build_tiny_backend
     from ..training.feature_cache import feature_fingerprint
+    from .demo_extractor import build_demo_backend
 
     if not decoder_path.is_file():
         raise DemoModelError(
@@ -93,12 +97,12 @@ def load_demo_engine(device: str | torch.device = "cpu", decoder_path: Path = DE
             "`python -m icm_core.synthetic.demo_model --work DIR --install`."
         )
     decoder = load_decoder(decoder_path)
-    backend = build_tiny_backend(seed=0, device=device)
+    backend = build_demo_backend(seed=0, device=device)
     extraction = ExtractionConfig(ensemble_size=2, image_size=decoder.config.image_size)
     found = feature_fingerprint(backend, extraction)
     if found != BACKEND_FINGERPRINT:
         raise DemoModelError(
-            f"this torch/diffusers build initialises the tiny demo feature extractor differently (fingerprint {found},"
+            f"this torch/diffusers version builds the tiny demo feature extractor differently (fingerprint {found},"
             f" the demo decoder was trained on {BACKEND_FINGERPRINT}); its mattes would be meaningless. Regenerate "
             "the demo decoder: `python -m icm_core.synthetic.demo_model --work DIR --install`."
         )

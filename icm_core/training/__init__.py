@@ -19,11 +19,11 @@ from .losses import (
     uncertain_band,
 )
 from .state import TrainingStateError, load_training_state, save_training_state
-from .trainer import StepLog, TrainingConfig, TrainingResult, train_decoder, warmup_factor
+from .trainer import StepLog, TrainingConfig, TrainingResult, cooldown_factor, train_decoder, warmup_factor
 
 __all__ = [
     "CropBox", "FeatureCache", "LossWeights", "PairSampler", "StepLog", "StepPlan", "TrainingConfig",
     "TrainingResult", "TrainingStateError", "feature_fingerprint", "gradient_loss", "is_binary_alpha", "l1_loss",
     "laplacian_loss", "laplacian_pyramid", "load_training_state", "save_training_state", "segmentation_loss",
-    "train_decoder", "uncertain_band", "warmup_factor",
+    "train_decoder", "uncertain_band", "warmup_factor", "cooldown_factor",
 ]

@@ -58,7 +58,10 @@ class TrainingConfig:
     Attributes:
         steps: total optimizer steps of the run (a resumed run continues up to this number).
         batch_size: targets per step (they share one reference).
-        learning_rate, weight_decay: AdamW settings; warmup_steps: linear warm-up length (0 = none).
+        learning_rate, weight_decay: AdamW settings; warmup_steps: linear warm-up length (0 = none);
+            cooldown_steps: the rate falls linearly to ``1 / cooldown_steps`` of itself over the run's last
+            ``cooldown_steps`` steps (0 = constant after the warm-up). The last iterate of a constant-rate run
+            jumps around its optimum; a cool-down lands it.
         seed: sampling and noise seed. fixed_crops: one crop and noise seed per image for all steps.
         cache_dir: feature cache folder; only allowed with ``fixed_crops`` (random crops never repeat).
         checkpoint_every: save decoder + training state every N steps (and always at the end).
@@ -75,6 +78,7 @@ class TrainingConfig:
     learning_rate: float = 4e-4
     weight_decay: float = 0.01
     warmup_steps: int = 250
+    cooldown_steps: int = 0
     seed: int = 0
     fixed_crops: bool = False
     cache_dir: Path | None = None
@@ -90,8 +94,8 @@ class TrainingConfig:
         for name in ("steps", "batch_size", "checkpoint_every"):
             if getattr(self, name) < 1:
                 raise ValueError(f"TrainingConfig.{name} must be >= 1, got {getattr(self, name)}")
-        if self.warmup_steps < 0 or self.validate_every < 0:
-            raise ValueError("TrainingConfig.warmup_steps and validate_every must be >= 0")
+        if self.warmup_steps < 0 or self.cooldown_steps < 0 or self.validate_every < 0:
+            raise ValueError("TrainingConfig.warmup_steps, cooldown_steps and validate_every must be >= 0")
         if self.cache_dir is not None and not self.fixed_crops:
             raise ValueError(
                 "a feature cache needs fixed crops: with random crops (and per-step noise) no entry is ever reused. "
@@ -132,6 +136,14 @@ class TrainingResult:
 def warmup_factor(step: int, warmup_steps: int) -> float:
     """Learning-rate multiplier of 0-based step ``step``: ``(step + 1) / W`` during the warm-up, then 1."""
     return 1.0 if warmup_steps <= 0 else min(1.0, (step + 1) / warmup_steps)
+
+
+def cooldown_factor(step: int, cooldown_steps: int, total_steps: int) -> float:
+    """Learning-rate multiplier of 0-based step ``step`` of a ``total_steps`` run: 1, then over the last
+    ``cooldown_steps`` steps ``(total_steps - step) / cooldown_steps`` (1 at the first of them, ``1 / N`` at the last)."""
+    if cooldown_steps <= 0:
+        return 1.0
+    return min(1.0, max(total_steps - step, 1) / cooldown_steps)
 
 
 class _Features:
@@ -259,10 +271,11 @@ def _logged_step(
     config: TrainingConfig,
     band: int,
 ) -> StepLog:
-    """Train step ``step`` (0-based) at its warm-up learning rate; what it did, as the :class:`StepLog` of step+1."""
+    """Train step ``step`` (0-based) at its scheduled (warm-up, cool-down) learning rate; what it did, as the :class:`StepLog` of step+1."""
     started = time.perf_counter()
     plan = sampler.plan(step)
     lr = config.learning_rate * warmup_factor(step, config.warmup_steps)
+    lr *= cooldown_factor(step, config.cooldown_steps, config.steps)
     for group in optimizer.param_groups:
         group["lr"] = lr
     loss, parts = _train_step(decoder, optimizer, features, plan, band, config.loss_weights)
