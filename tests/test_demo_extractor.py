@@ -126,3 +126,17 @@ def test_the_command_line_builds_it_with_tiny_extractor_demo(tmp_path, capsys):
     assert demo.extraction.ensemble_size == 2 and demo.decoder.config.image_size == 128
     line = cli_error_line(capsys, ["train", str(tmp_path), "--out", str(tmp_path / "run"), "--tiny-extractor", "demo"])
     assert line == "error: --tiny-extractor demo chooses the weights of --tiny's model; add --tiny."
+
+
+def test_weights_digest_ignores_header_order_but_not_a_weight(tmp_path):
+    from safetensors.torch import save_file
+
+    from icm_core.synthetic.demo_model import weights_digest
+
+    tensors = {"b": torch.arange(6.0).view(2, 3), "a": torch.tensor(3, dtype=torch.int64)}
+    save_file(tensors, str(tmp_path / "one.safetensors"), metadata={"x": "1", "y": "2"})
+    save_file(dict(reversed(tensors.items())), str(tmp_path / "two.safetensors"), metadata={"y": "2", "x": "1"})
+    changed = dict(tensors, b=tensors["b"].clone().index_fill_(1, torch.tensor([2]), 7.0))
+    save_file(changed, str(tmp_path / "three.safetensors"))
+    one, two, three = (weights_digest(tmp_path / f"{n}.safetensors") for n in ("one", "two", "three"))
+    assert one == two != three

@@ -18,6 +18,7 @@ says nothing about IconMatting's.
 from __future__ import annotations
 
 import argparse
+import hashlib
 import logging
 import shutil
 from collections.abc import Sequence
@@ -134,6 +135,21 @@ def regenerate(work: Path, recipe: DemoRecipe = RECIPE) -> Path:
     return result
 
 
+def weights_digest(path: Path) -> str:
+    """SHA-256 of a ``.safetensors`` file's tensors (sorted names, dtypes, shapes, bytes), header metadata excluded.
+
+    Two regenerations give bit-identical tensors, but the safetensors writer may order the header's metadata
+    differently from one process to the next, so compare this digest, not the file's.
+    """
+    from safetensors.torch import load_file
+
+    digest = hashlib.sha256()
+    for name, tensor in sorted(load_file(str(path)).items()):
+        digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
+        digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
+    return digest.hexdigest()
+
+
 def _main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(
         prog="python -m icm_core.synthetic.demo_model",
@@ -144,7 +160,7 @@ def _main(argv: Sequence[str] | None = None) -> int:
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     result = regenerate(args.work)
-    logger.info("wrote %s", result)
+    logger.info("wrote %s (weights digest %s; shipped: %s)", result, weights_digest(result), weights_digest(DEMO_DECODER))
     if args.install:  # copy next to the shipped file, then rename: never a half-written decoder
         staged = DEMO_DECODER.with_name(f".{DEMO_DECODER.name}.installing")
         shutil.copyfile(result, staged)
