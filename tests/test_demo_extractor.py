@@ -140,3 +140,36 @@ def test_weights_digest_ignores_header_order_but_not_a_weight(tmp_path):
     save_file(changed, str(tmp_path / "three.safetensors"))
     one, two, three = (weights_digest(tmp_path / f"{n}.safetensors") for n in ("one", "two", "three"))
     assert one == two != three
+
+
+def test_regeneration_is_reproducible_and_never_touches_an_existing_folder(tmp_path, monkeypatch):
+    """The recipe's command on a two-step recipe: same tensors twice, a refused existing --work, atomic --install."""
+    from dataclasses import replace
+
+    from icm_core.synthetic import demo_model
+    from icm_core.synthetic.datasets import SyntheticSplit
+    from icm_core.synthetic.demo_model import RECIPE, regenerate, weights_digest
+
+    small = replace(
+        RECIPE, split=SyntheticSplit(3, size=128, first_seed=0, references=1, categories=("star", "leaf")),
+        steps=2, warmup_steps=1, cooldown_steps=1, batch_size=2,
+    )  # fmt: skip
+    first, second = regenerate(tmp_path / "a", small), regenerate(tmp_path / "b", small)
+    assert weights_digest(first) == weights_digest(second)
+    assert weights_digest(first) != weights_digest(demo_model.DEMO_DECODER)
+
+    kept = tmp_path / "mine"
+    kept.mkdir()
+    (kept / "notes.txt").write_text("the user's")
+    with pytest.raises(FileExistsError, match="already exists"):
+        regenerate(kept, small)
+    assert [p.name for p in kept.iterdir()] == ["notes.txt"] and (kept / "notes.txt").read_text() == "the user's"
+
+    shipped = tmp_path / "assets" / "demo_decoder.safetensors"
+    shipped.parent.mkdir()
+    shipped.write_bytes(b"old")
+    monkeypatch.setattr(demo_model, "DEMO_DECODER", shipped)
+    monkeypatch.setattr(demo_model, "RECIPE", small)
+    assert demo_model._main(["--work", str(tmp_path / "c"), "--install"]) == 0
+    assert weights_digest(shipped) == weights_digest(first)
+    assert sorted(p.name for p in shipped.parent.iterdir()) == ["demo_decoder.safetensors"]

@@ -3,9 +3,9 @@
 * With the real weights in the models folder (see :func:`icm_core.loader.default_models_dir`): IconMatting on
   the sample images shipped in ``assets/samples``.
 * Without them: the small demo model (:mod:`icm_core.synthetic.demo_model`, a decoder trained on procedural
-  scenes over a tiny SD-layout feature extractor) on procedural scenes of the kind it was trained on, rendered on the fly; its
-  inputs and their ground truth are written next to its mattes so the overview can show both. It says so
-  plainly: its quality says nothing about IconMatting's.
+  scenes over a tiny SD-layout feature extractor) on procedural scenes of the kind it was trained on, rendered on
+  the fly; its inputs and their ground truth are written next to its mattes so the overview can show both. It
+  says so plainly: its quality says nothing about IconMatting's.
 """
 
 from __future__ import annotations

@@ -60,14 +60,11 @@ def build_demo_backend(seed: int = 0, device: str | torch.device = "cpu") -> Dif
 # ------------------------------------------------------------------------------------------------------ helpers
 
 
-def _set_conv(
-    conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None = None, tap: tuple[int, int] | None = None
-) -> None:
-    """Set a convolution to the ``[out, in]`` channel map ``weight`` at one kernel tap (default: the centre)."""
+def _set_conv(conv: nn.Conv2d, weight: torch.Tensor, bias: torch.Tensor | None = None) -> None:
+    """Set a convolution to the ``[out, in]`` channel map ``weight`` at its centre tap (a per-pixel linear map)."""
     conv.weight.zero_()
     k_h, k_w = conv.weight.shape[2:]
-    y, x = tap if tap is not None else (k_h // 2, k_w // 2)
-    conv.weight[:, :, y, x] = weight
+    conv.weight[:, :, k_h // 2, k_w // 2] = weight
     if conv.bias is not None:
         conv.bias.copy_(bias if bias is not None else torch.zeros(conv.out_channels))
 
@@ -82,16 +79,16 @@ def _set_average_pool(conv: nn.Conv2d, first_tap: int) -> None:
     conv.bias.zero_()
 
 
+def _silence(layer: nn.Module) -> None:
+    """Zero a linear or convolution layer's weight and bias: the branch it ends adds nothing."""
+    layer.weight.zero_()
+    if layer.bias is not None:
+        layer.bias.zero_()
+
+
 def _zero_residual(block: nn.Module) -> None:
     """A ResnetBlock2D whose residual branch adds nothing: output = shortcut(input)."""
-    block.conv2.weight.zero_()
-    block.conv2.bias.zero_()
-
-
-def _silence(linear: nn.Linear) -> None:
-    linear.weight.zero_()
-    if linear.bias is not None:
-        linear.bias.zero_()
+    _silence(block.conv2)
 
 
 # ---------------------------------------------------------------------------------------------------------- VAE
@@ -213,7 +210,9 @@ def _construct_unet(unet: nn.Module, generator: torch.Generator) -> None:
     def shortcut_map(in_width: int, out_width: int) -> torch.Tensor:
         if in_width == out_width:
             return torch.eye(out_width)
-        return lift[out_width] if in_width == widths[0] else torch.eye(out_width, in_width)
+        if in_width != widths[0]:
+            raise ValueError(f"the demo extractor expects width changes from {widths[0]} only, got {in_width} -> {out_width}")
+        return lift[out_width]
 
     for block in unet.down_blocks:
         for resnet in block.resnets:

@@ -37,8 +37,8 @@ logger = logging.getLogger(__name__)
 DEMO_DECODER = Path(__file__).resolve().parents[1] / "assets" / "demo_decoder.safetensors"
 DEMO_NOTICE = (
     "No real weights found in {models_dir}: running the SMALL DEMO MODEL trained on synthetic scenes (a tiny "
-    "SD-layout feature extractor + a decoder trained on procedural shapes). It mattes the demo scenes only and says nothing about "
-    "IconMatting's quality; install the real weights for photos (README, 'Weights')."
+    "SD-layout feature extractor + a decoder trained on procedural shapes). It mattes the demo scenes only and "
+    "says nothing about IconMatting's quality; install the real weights for photos (README, 'Weights')."
 )
 # feature_fingerprint of build_demo_backend(seed=0) at 128 px, ensemble 2 (what the shipped decoder was trained on)
 BACKEND_FINGERPRINT = "9d7f8acec74250c1"
@@ -141,13 +141,23 @@ def weights_digest(path: Path) -> str:
     Two regenerations give bit-identical tensors, but the safetensors writer may order the header's metadata
     differently from one process to the next, so compare this digest, not the file's.
     """
-    from safetensors.torch import load_file
+    from ..weights.checkpoint_io import read_checkpoint
 
     digest = hashlib.sha256()
-    for name, tensor in sorted(load_file(str(path)).items()):
+    for name, tensor in sorted(read_checkpoint(path).tensors.items()):
         digest.update(f"{name}|{tensor.dtype}|{tuple(tensor.shape)}|".encode())
         digest.update(tensor.contiguous().reshape(-1).view(torch.uint8).numpy().tobytes())
     return digest.hexdigest()
+
+
+def _shipped_digest() -> str:
+    """The shipped decoder's :func:`weights_digest`, or why there is none (a damaged file is a reason to regenerate)."""
+    from ..weights.checkpoint_io import CheckpointError
+
+    try:
+        return weights_digest(DEMO_DECODER)
+    except CheckpointError as error:
+        return f"unreadable ({error})"
 
 
 def _main(argv: Sequence[str] | None = None) -> int:
@@ -159,8 +169,8 @@ def _main(argv: Sequence[str] | None = None) -> int:
     parser.add_argument("--install", action="store_true", help=f"then replace the shipped {DEMO_DECODER.name}")
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(message)s")
-    result = regenerate(args.work)
-    logger.info("wrote %s (weights digest %s; shipped: %s)", result, weights_digest(result), weights_digest(DEMO_DECODER))
+    result = regenerate(args.work, RECIPE)
+    logger.info("wrote %s (weights digest %s; shipped decoder: %s)", result, weights_digest(result), _shipped_digest())
     if args.install:  # copy next to the shipped file, then rename: never a half-written decoder
         staged = DEMO_DECODER.with_name(f".{DEMO_DECODER.name}.installing")
         shutil.copyfile(result, staged)
