@@ -314,10 +314,12 @@ def write_document(tables: str, path: Path) -> None:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = argparse.ArgumentParser(prog="python -m benchmarks.quality", description=__doc__.split("\n\n")[0])
     parser.add_argument("--out", type=Path, default=None, help=f"document to update between the markers (e.g. {DOC})")
-    parser.add_argument("--work", type=Path, default=None, help="new folder for the rendered sets and reports")
+    parser.add_argument("--work", type=Path, default=None, help="new folder for the rendered sets and reports (must not exist)")
     parser.add_argument("--decoder", type=Path, default=DEMO_DECODER, help="demo decoder to measure")
     parser.add_argument("--threads", type=int, default=1, help="torch CPU threads (default 1: tiny models, busy machines)")
     args = parser.parse_args(argv)
+    if args.work is not None and args.work.exists():
+        parser.error(f"--work {args.work} already exists; give a new folder (nothing in an existing one is touched)")
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     torch.set_num_threads(args.threads)
     with tempfile.TemporaryDirectory(prefix="icm_quality_") as scratch:

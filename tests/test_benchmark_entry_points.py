@@ -72,3 +72,18 @@ def test_output_memory_at_a_tiny_size(capsys):
     assert [row.split("|")[2].strip() for row in rows] == ["foreground", "rgba", "composite", "all four"]
     with pytest.raises(SystemExit):
         output_memory.main(["--sizes", "big"])
+
+
+def test_quality_refuses_an_existing_work_folder(tmp_path, capsys):
+    from benchmarks import quality
+
+    work = tmp_path / "work"
+    work.mkdir()
+    (work / "reports").mkdir()
+    (work / "reports" / "summary.csv").write_text("the user's")
+    with pytest.raises(SystemExit) as stopped:
+        quality.main(["--work", str(work)])
+    assert stopped.value.code == 2
+    assert "already exists" in capsys.readouterr().err
+    assert [str(p.relative_to(work)) for p in sorted(work.rglob("*"))] == ["reports", "reports/summary.csv"]
+    assert (work / "reports" / "summary.csv").read_text() == "the user's"
